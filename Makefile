@@ -1,0 +1,53 @@
+# Set-up and everyday tasks. Every tool runs from .venv/bin; nothing needs activating.
+#   make demo    set up .venv, then run the demo
+#   make test    set up .venv, then ruff, mypy and pytest
+#   make bench   control benchmark, JSON to .state/bench/control.json
+#   make lock    re-resolve requirements.lock from pyproject.toml (keeps current pins;
+#                upgrade one with: make lock UPGRADE="-P pyarrow", or all with UPGRADE=--upgrade)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp lives inside .venv so deleting .venv also forces a rebuild.
+STAMP := $(VENV)/.installed
+# pip-tools lives in its own venv: it is a lock-time tool, not a project dependency.
+LOCK_VENV ?= .state/lock-venv
+PIP_TOOLS_VERSION := 7.6.2
+UPGRADE ?=
+
+.PHONY: venv test demo bench lock clean
+
+venv: $(STAMP)
+
+# Re-run when the pins or the package metadata change; a new top-level __init__.py means a new
+# package, which the editable install only maps on (re)install.
+$(STAMP): requirements.lock pyproject.toml $(wildcard */__init__.py)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/autoscaler demo
+
+bench: venv
+	$(BIN)/python -m bench.control --json .state/bench/control.json
+
+$(LOCK_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --disable-pip-version-check -q pip-tools==$(PIP_TOOLS_VERSION)
+
+# Index and find-links options (--no-emit-options) are left out so the lock names no machine-specific source.
+lock: $(LOCK_VENV)/bin/pip-compile
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --extra dev \
+		--strip-extras --no-emit-options \
+		--output-file requirements.lock $(UPGRADE) pyproject.toml
+
+clean:
+	rm -rf $(VENV) $(LOCK_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

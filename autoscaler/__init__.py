@@ -1,0 +1,1 @@
+"""Predictive auto-scaler: entry points, settings and the command-line interface."""

@@ -1,0 +1,126 @@
+"""The one typed settings object, built at entry points and passed down.
+
+Values come from, highest priority first: keyword overrides given to `build_settings`,
+environment variables (`AUTOSCALER_<FIELD>`; the traces folder also honours `TRACES_DIR`),
+then the defaults below. Relative paths are relative to the working directory, which is the
+repository root when run through `make`.
+
+Nothing here touches the disk at import time; call `Settings.ensure_dirs` when an entry point
+is about to write state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+ENV_PREFIX = "AUTOSCALER_"
+
+
+class Settings(BaseSettings):
+    """Run-wide settings for the auto-scaler, its benchmarks and its pipelines.
+
+    Attributes:
+        state_dir: Folder for all local state (reports, benchmark output, stores).
+        traces_dir: Folder holding the public traffic traces.
+        scenarios_file: YAML file listing benchmark scenarios.
+        seed: Base seed for every random generator in a run.
+        log_level: Minimum level of log records that are emitted.
+    """
+
+    # Frozen: settings are built once and shared, so no callee may change them under others.
+    # Extra keys are rejected so a misspelt override fails instead of being ignored.
+    # An empty variable (`AUTOSCALER_STATE_DIR=`) counts as unset: Path("") would silently
+    # mean the working directory.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    state_dir: Path = Field(
+        default=Path(".state"),
+        description="Folder for all local state (reports, benchmark JSON, stores); git-ignored.",
+    )
+    traces_dir: Path = Field(
+        default=Path("../shared/data/traces"),
+        # The plain TRACES_DIR name is shared with tooling outside this package.
+        validation_alias=AliasChoices(f"{ENV_PREFIX}TRACES_DIR", "TRACES_DIR"),
+        description="Folder holding the public traffic traces (CSV/JSON).",
+    )
+    scenarios_file: Path = Field(
+        default=Path("bench/scenarios.yaml"),
+        description="YAML file listing the benchmark scenarios.",
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**32 - 1,
+        description="Base seed for every random generator in a run (numpy accepts 0..2**32-1).",
+    )
+    log_level: LogLevel = Field(
+        default="INFO",
+        description="Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        """Accept any case (`debug`, `Info`), as the logging module's names are upper case.
+
+        Args:
+            value: The raw value from an override or the environment.
+
+        Returns:
+            The value upper-cased when it is a string, else unchanged for the type check.
+        """
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @property
+    def reports_dir(self) -> Path:
+        """Folder for generated reports (tables, plots, markdown)."""
+        return self.state_dir / "reports"
+
+    @property
+    def bench_dir(self) -> Path:
+        """Folder for benchmark JSON output."""
+        return self.state_dir / "bench"
+
+    def ensure_dirs(self) -> list[Path]:
+        """Create the state folders if they are missing.
+
+        Returns:
+            The folders that now exist: state, reports and bench.
+        """
+        dirs = [self.state_dir, self.reports_dir, self.bench_dir]
+        for path in dirs:
+            path.mkdir(parents=True, exist_ok=True)
+        return dirs
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with explicit overrides on top.
+
+    Overrides whose value is None are dropped, so a CLI option left unset falls back to the
+    environment and then the default instead of erasing them.
+
+    Args:
+        **overrides: Field values by field name (e.g. `seed=3`, `traces_dir=Path("x")`).
+
+    Returns:
+        The validated, frozen settings.
+
+    Raises:
+        pydantic.ValidationError: If a value is invalid or a name is not a field.
+    """
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return Settings(**given)
