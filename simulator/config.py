@@ -68,6 +68,14 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        # NaN passes every comparison below, so name it first.
+        nans = [
+            f.name
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), float) and math.isnan(getattr(self, f.name))
+        ]
+        if nans:
+            problems.append(f"{', '.join(nans)} must not be NaN")
         if self.job_capacity_eps <= 0:
             problems.append("job_capacity_eps must be > 0")
         if self.job_startup_s < 0 or self.rebalance_s < 0:
@@ -76,7 +84,8 @@ class ServiceConfig:
             problems.append(f"rebalance_s must be < {STEP_S} (one step)")
         if self.queue_max_events <= 0:
             problems.append("queue_max_events must be > 0")
-        if self.sla_latency_s <= self.processing_time_s:
+        # processing_time_s divides by the capacity, so only ask once that is valid.
+        if self.job_capacity_eps > 0 and self.sla_latency_s <= self.processing_time_s:
             problems.append("sla_latency_s must exceed the processing time 1/job_capacity_eps")
         if not 0 < self.sla_target <= 1:
             problems.append("sla_target must be in (0, 1]")
@@ -151,6 +160,15 @@ class ClusterParams:
     @property
     def n_services(self) -> int:
         return len(self.service_ids)
+
+    def subset(self, lanes: np.ndarray) -> ClusterParams:
+        """The parameters of the services at indices ``lanes``."""
+        idx = np.asarray(lanes, dtype=np.int64)
+        values: dict[str, object] = {"service_ids": tuple(self.service_ids[i] for i in idx)}
+        for f in fields(self):
+            if f.name != "service_ids":
+                values[f.name] = getattr(self, f.name)[idx]
+        return ClusterParams(**values)  # type: ignore[arg-type]
 
     @property
     def job_step_capacity(self) -> np.ndarray:

@@ -154,7 +154,8 @@ class SyntheticServiceSpec:
             )
 
 
-def _default_services() -> tuple[SyntheticServiceSpec, ...]:
+def default_services() -> tuple[SyntheticServiceSpec, ...]:
+    """The demo's three services, each with a different traffic shape."""
     return (
         # Business-critical shop traffic: deep evening-peaked daily cycle, growth,
         # reacts most to campaigns, many high-priority (payment) events.
@@ -231,7 +232,7 @@ class SyntheticConfig:
 
     start: pd.Timestamp = field(default_factory=lambda: pd.Timestamp("2026-01-05 00:00"))
     days: int = 30
-    services: tuple[SyntheticServiceSpec, ...] = field(default_factory=_default_services)
+    services: tuple[SyntheticServiceSpec, ...] = field(default_factory=default_services)
     seed: int = 0
     holidays: tuple[dt.date, ...] | None = None
     campaigns_per_month: float = 2.0
