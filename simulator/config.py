@@ -186,5 +186,5 @@ class ClusterParams:
     def clip_target(self, target: np.ndarray, current: np.ndarray) -> np.ndarray:
         """Bound a requested job target by the step limit and min/max jobs."""
         lo = np.maximum(self.min_jobs, current - self.max_step)
-        hi = np.minimum(self.max_jobs, current + self.max_step)
-        return np.clip(np.asarray(target, dtype=np.int64), lo, np.maximum(lo, hi))
+        hi = np.maximum(lo, np.minimum(self.max_jobs, current + self.max_step))
+        return np.minimum(np.maximum(np.asarray(target, dtype=np.int64), lo), hi)

@@ -99,57 +99,62 @@ def queue_step(
     queue = q0 + accepted - processed
     lam = accepted / STEP_S
 
-    # Kinks of dep(u): end of the pause and the moment the queue empties.
-    gap = rate - lam
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u_empty = np.where(gap > 0, (q0 + rate * pause_s) / np.where(gap > 0, gap, 1.0), np.inf)
-    # Kink of h(u): where the deadline of the arrivals crosses a step boundary.
-    u_boundary = np.mod(wait_budget_s, STEP_S)
-    zeros = np.zeros_like(q0)
-    cuts = np.stack(
-        [
-            zeros,
-            np.clip(pause_s, 0.0, STEP_S),
-            np.clip(u_empty, 0.0, STEP_S),
-            np.clip(u_boundary, 0.0, STEP_S),
-            zeros + STEP_S,
-        ],
-        axis=1,
-    )
-    cuts.sort(axis=1)
-
-    def dep(u: np.ndarray) -> np.ndarray:
-        served = rate[:, None] * np.maximum(u - pause_s[:, None], 0.0)
-        return np.minimum(served, q0[:, None] + lam[:, None] * u)
-
-    def deadline_curve(u: np.ndarray) -> np.ndarray:
-        # h(u): queued-at-start events plus this step's arrivals whose deadline has
-        # passed by u; an event is late where dep(u) < h(u).
-        since = u - wait_budget_s[:, None]
-        inside = q0[:, None] + lam[:, None] * np.maximum(since, 0.0)
-        back = _recent_arrivals(history, -since)
-        return np.where(since >= 0.0, inside, q0[:, None] - back)
-
-    h = deadline_curve(cuts)
-    g = h - dep(cuts)
-    g0, g1 = g[:, :-1], g[:, 1:]
-    rise = np.maximum(h[:, 1:] - h[:, :-1], 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(
-            (g0 > 0) & (g1 > 0),
-            1.0,
-            np.where(
-                (g0 > 0) & (g1 <= 0),
-                g0 / (g0 - g1),
-                np.where((g0 <= 0) & (g1 > 0), g1 / (g1 - g0), 0.0),
-            ),
+    late = np.zeros_like(q0)
+    # Without a backlog, a pause or a rate below the arrivals the queue stays empty
+    # and nobody waits: only the other rows need the integration below.
+    rows = np.flatnonzero((q0 > 0) | (pause_s > 0) | (rate < lam))
+    if len(rows):
+        late[rows] = _late(
+            q0[rows], lam[rows], rate[rows], pause_s[rows], history[rows], wait_budget_s[rows]
         )
-    late = np.sum(rise * np.nan_to_num(share), axis=1)
-    # Tiny negative or overshooting values come from float rounding only.
-    late = np.clip(late, 0.0, None)
     return QueueStep(
         processed=processed, dropped=dropped, accepted=accepted, queue=queue, late=late
     )
+
+
+def _late(
+    q0: np.ndarray,
+    lam: np.ndarray,
+    rate: np.ndarray,
+    pause_s: np.ndarray,
+    history: np.ndarray,
+    wait_budget_s: np.ndarray,
+) -> np.ndarray:
+    """Events whose deadline passes in the step while they are still queued."""
+    cuts = np.empty((len(q0), 5))
+    cuts[:, 0] = 0.0
+    cuts[:, 4] = STEP_S
+    # Kinks of dep(u): end of the pause and the moment the queue empties.
+    cuts[:, 1] = np.minimum(pause_s, STEP_S)
+    gap = rate - lam
+    positive = gap > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u_empty = (q0 + rate * pause_s) / np.where(positive, gap, 1.0)
+    cuts[:, 2] = np.where(positive, np.minimum(np.maximum(u_empty, 0.0), STEP_S), STEP_S)
+    # Kink of h(u): where the deadline of the arrivals crosses a step boundary.
+    cuts[:, 3] = np.mod(wait_budget_s, STEP_S)
+    cuts.sort(axis=1)
+
+    # dep(u): departures since the step start; h(u): queued-at-start events plus
+    # this step's arrivals whose deadline has passed by u. Late where dep < h.
+    dep = np.minimum(
+        rate[:, None] * np.maximum(cuts - pause_s[:, None], 0.0), q0[:, None] + lam[:, None] * cuts
+    )
+    since = cuts - wait_budget_s[:, None]
+    h = np.where(
+        since >= 0.0,
+        q0[:, None] + lam[:, None] * np.maximum(since, 0.0),
+        q0[:, None] - _recent_arrivals(history, -since),
+    )
+    g = h - dep
+    g0, g1 = g[:, :-1], g[:, 1:]
+    rise = np.maximum(h[:, 1:] - h[:, :-1], 0.0)
+    # Share of a linear piece from g0 to g1 on which g > 0.
+    span = np.abs(g0) + np.abs(g1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(span > 0, (np.maximum(g0, 0.0) + np.maximum(g1, 0.0)) / span, 0.0)
+    # Tiny negative values come from float rounding only.
+    return np.asarray(np.maximum(np.sum(rise * share, axis=1), 0.0))
 
 
 def push_history(history: np.ndarray, accepted: np.ndarray) -> np.ndarray:
