@@ -1,0 +1,139 @@
+"""Behaviour of the command line (autoscaler/cli.py) through Typer's test runner."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from autoscaler.cli import app
+from bench.control import CONTROLLERS
+
+# Wide and colourless, so rich neither wraps nor styles the help text.
+ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+
+COMMANDS = {
+    "demo": "Run every controller on the synthetic scenarios and write a report.",
+    "bench": "Control benchmark over every trace in TRACES_DIR plus the synthetic scenarios.",
+    "check-trace": "Validate a trace CSV and describe it (interval, span, one-minute steps).",
+    "sim-speed": "Measure simulator throughput in service-steps per second.",
+}
+
+
+def plain(text: str) -> str:
+    """Text without ANSI codes, box drawing or line breaks: words and punctuation only."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
+
+
+def write_trace(path: Path, days: float = 1.0, interval_min: int = 5) -> Path:
+    n = int(days * 1440 / interval_min)
+    ts = pd.date_range("2024-03-04 00:00", periods=n, freq=f"{interval_min}min")
+    minute = np.arange(n) * interval_min
+    values = np.round(600 * (1.5 + np.sin(2 * np.pi * minute / 1440)))
+    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%d %H:%M:%S"), "value": values}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+def test_help_lists_every_command_with_its_help_text() -> None:
+    result = CliRunner().invoke(app, ["--help"], env=ENV)
+    assert result.exit_code == 0
+    text = plain(result.output)
+    for name, help_text in COMMANDS.items():
+        assert re.search(rf"\b{re.escape(name)}\b", text), name
+        assert help_text in text, name
+
+
+def test_no_arguments_shows_the_help() -> None:
+    result = CliRunner().invoke(app, [], env=ENV)
+    assert "check-trace" in plain(result.output)
+
+
+def test_check_trace_describes_a_good_file(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "good.csv", days=2)
+    result = CliRunner().invoke(app, ["check-trace", str(path)], env=ENV)
+    assert result.exit_code == 0, result.output
+    out = plain(result.stdout)
+    assert "good.csv: 5-minute source, 2880 one-minute steps" in out
+    assert "from 2024-03-04 00:00:00 (2.0 days)" in out
+    # 900 events per 5 minutes on average is 3 events/s; the peak is 1500 per 5 minutes.
+    assert "mean 3.00 events/s" in out
+    assert "p99 5.00 events/s" in out
+
+
+def test_check_trace_reports_a_one_minute_source(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "minutes.csv", days=0.5, interval_min=1)
+    result = CliRunner().invoke(app, ["check-trace", str(path)], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "1-minute source, 720 one-minute steps" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("timestamp,value\n2024-01-01 00:00:00,5\n2024-01-01 00:05:00,oops\n", "line 3"),
+        ("time,value\n2024-01-01 00:00:00,5\n2024-01-01 00:05:00,6\n", "missing column"),
+        ("timestamp,value\n2024-01-01 00:00:00,5\n2024-01-01 00:05:00,-1\n", "negative"),
+        ("", "empty"),
+    ],
+)
+def test_check_trace_rejects_a_malformed_file_with_exit_code_2(
+    tmp_path: Path, body: str, problem: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(body)
+    result = CliRunner().invoke(app, ["check-trace", str(path)], env=ENV)
+    assert result.exit_code == 2
+    message = plain(result.stderr)
+    assert message.startswith("invalid trace:")
+    assert "bad.csv" in message
+    assert problem in message
+    assert result.stdout == ""
+
+
+def test_check_trace_reports_a_missing_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["check-trace", str(tmp_path / "nope.csv")], env=ENV)
+    assert result.exit_code == 2
+    assert "file not found" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_prints_the_table_and_writes_the_report(tmp_path: Path) -> None:
+    scenarios = tmp_path / "scenarios.yaml"
+    scenarios.write_text(
+        "defaults:\n"
+        "  seed: 7\n"
+        "  rescale: {peak_eps: 100}\n"
+        "  service: {job_capacity_eps: 25, max_jobs: 12, max_step: 4}\n"
+        "synthetic:\n"
+        "  - {name: tiny_demo, service_profile: checkout, days: 5, seed: 2}\n"
+    )
+    env = {
+        **ENV,
+        "AUTOSCALER_STATE_DIR": str(tmp_path / "state"),
+        "AUTOSCALER_SCENARIOS_FILE": str(scenarios),
+    }
+    result = CliRunner().invoke(app, ["demo", "--workers", "1"], env=env)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Running 1 synthetic scenarios: tiny_demo" in out
+    rows = [line for line in out.splitlines() if line.startswith("tiny_demo ")]
+    assert [row.split()[1] for row in rows] == list(CONTROLLERS)
+    match = re.search(r"^Report: (.+)$", out, flags=re.MULTILINE)
+    assert match is not None, out
+    index = Path(match.group(1).strip())
+    assert index.name == "index.html"
+    assert index.is_file()
+    assert index.is_relative_to((tmp_path / "state" / "reports").resolve())
+    png = index.parent / "tiny_demo.png"
+    assert png.is_file()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = index.read_text()
+    assert "tiny_demo.png" in html
+    assert all(name in html for name in CONTROLLERS)
