@@ -34,6 +34,7 @@ per partition (``allowIdleConsumers: false``) is left to ``max_replica_count``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,8 +47,9 @@ from models.controller.hpa import (
     DEFAULT_SCALE_UP_STABILIZATION_S,
     DEFAULT_SYNC_PERIOD_S,
     DEFAULT_TOLERANCE,
+    ExternalAverageValueMetric,
     HorizontalPodAutoscaler,
-    external_average_value_replicas,
+    ReplicaBounds,
     lane_counts,
     lane_values,
 )
@@ -153,7 +155,11 @@ class KEDAController:
         self._hpa_min = np.empty(0, dtype=np.int64)
         self._hpa_max = np.empty(0, dtype=np.int64)
         self._last_active = np.empty(0)
+        self._hpa_bounds = ReplicaBounds(self._hpa_min, self._hpa_max)
         self._step = 0
+        # Offsets of polls and syncs within a step repeat with this period.
+        self._schedule_period_s = math.lcm(STEP_S, self._hpa.sync_period_s, self.polling_interval_s)
+        self._schedules: dict[int, list[tuple[int, bool, bool]]] = {}
 
     def reset(self, params: ClusterParams) -> None:
         """Forget all state and prepare for the lanes of ``params``.
@@ -168,6 +174,7 @@ class KEDAController:
         self._hpa_min = np.full(n, max(1, self.min_replica_count), dtype=np.int64)
         top = params.max_jobs if self.max_replica_count is None else self.max_replica_count
         self._hpa_max = np.broadcast_to(np.asarray(top, dtype=np.int64), (n,)).copy()
+        self._hpa_bounds = ReplicaBounds(self._hpa_min, self._hpa_max)
         # Status.LastActiveTime starts nil: KEDA then scales in without waiting.
         self._last_active = np.full(n, -np.inf)
         self._hpa.reset(n)
@@ -187,41 +194,53 @@ class KEDAController:
         params = self._params
         n = params.n_services
         current = lane_counts(obs.jobs_target, n, "jobs_target")
-        lag = np.clip(np.asarray(obs.queue_length, dtype=np.float64), 0.0, None)
+        lag = np.maximum(np.asarray(obs.queue_length, dtype=np.float64), 0.0)
         if lag.shape != (n,):
             raise ValueError(f"obs.queue_length must have shape ({n},), got {lag.shape}")
         uncommitted = (
             np.asarray(obs.arrivals, dtype=np.float64) / STEP_S * self.commit_interval_s / 2
         )
-        lag = lag + np.clip(uncommitted, 0.0, None)
+        lag = lag + np.maximum(uncommitted, 0.0)
         active = lag > self.activation_lag_threshold
+        metric = ExternalAverageValueMetric(lag, self._threshold, self._hpa.tolerance)
         t0 = self._step * STEP_S
-        hpa_offsets = set(self._hpa.sync_offsets(self._step))
-        first_poll = (-t0) % self.polling_interval_s
-        poll_offsets = set(range(first_poll, STEP_S, self.polling_interval_s))
-        for offset in sorted(hpa_offsets | poll_offsets):
-            t = t0 + offset
-            if offset in poll_offsets:
-                current = self._poll(t, current, active)
-            if offset in hpa_offsets:
-                proposal = external_average_value_replicas(
-                    current, lag, self._threshold, self._hpa.tolerance
-                )
-                current = self._hpa.reconcile(
-                    t, current, proposal, np.ones(n, dtype=bool), self._hpa_min, self._hpa_max
-                )
+        # The metric divides by the replicas, which may be 0 (see its replicas()).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for offset, poll, sync in self._schedule(t0):
+                t = t0 + offset
+                if poll:
+                    current = self._poll(t, current, active)
+                if sync:
+                    current = self._hpa.reconcile_within(
+                        self._hpa_bounds, t, current, metric.replicas(current), None
+                    )
         self._step += 1
-        return np.clip(current, params.min_jobs, params.max_jobs).astype(np.int64)
+        return np.minimum(np.maximum(current, params.min_jobs), params.max_jobs).astype(np.int64)
+
+    def _schedule(self, t0: int) -> list[tuple[int, bool, bool]]:
+        """``(offset, poll, sync)`` for every KEDA poll and HPA sync in the step at ``t0``."""
+        # The pattern repeats, so each phase is worked out once.
+        phase = t0 % self._schedule_period_s
+        events = self._schedules.get(phase)
+        if events is None:
+            syncs = set(self._hpa.sync_offsets(t0 // STEP_S))
+            first_poll = (-t0) % self.polling_interval_s
+            polls = set(range(first_poll, STEP_S, self.polling_interval_s))
+            events = [(o, o in polls, o in syncs) for o in sorted(syncs | polls)]
+            self._schedules[phase] = events
+        return events
 
     def _poll(self, t: float, current: np.ndarray, active: np.ndarray) -> np.ndarray:
         """KEDA's scale loop (``RequestScale``) at time ``t`` for all lanes."""
         floor = self.min_replica_count
-        from_zero = active & (current == 0)
-        out = np.where(from_zero, max(floor, 1), current)
-        self._last_active = np.where(active, t, self._last_active)
-        # Cooldown elapsed strictly: LastActiveTime + cooldownPeriod before now.
-        cooled = self._last_active + self.cooldown_period_s < t
-        to_zero = ~active & (out > 0) & (floor == 0) & cooled
-        out = np.where(to_zero, 0, out)
-        below_min = ~active & (out < floor)
-        return np.where(below_min, floor, out).astype(np.int64)
+        # Inactive: back up to minReplicaCount, or with minReplicaCount 0 down to 0
+        # once the cooldown has elapsed strictly (LastActiveTime + cooldownPeriod
+        # before now).
+        idle = np.maximum(current, floor)
+        if floor == 0:
+            cooled = self._last_active + self.cooldown_period_s < t
+            idle = np.where(cooled, 0, idle)
+        # Active: from 0 to max(minReplicaCount, 1), else left to the HPA.
+        busy = np.where(current == 0, max(floor, 1), current)
+        np.copyto(self._last_active, t, where=active)
+        return np.where(active, busy, idle)

@@ -7,7 +7,9 @@ https://keda.sh/docs/latest/scalers/apache-kafka/
 
 from __future__ import annotations
 
+import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from models.controller.base import Controller, Observation
 from models.controller.hpa import HPAController, ScalingRules
 from models.controller.keda import KEDAController
+from models.controller.rollout import run_controller
 from simulator.config import ClusterParams, ServiceConfig
 
 
@@ -25,6 +28,7 @@ def make_obs(
     target: object | None = None,
     utilization: object = 0.0,
     queue: object = 0.0,
+    arrivals: object = 0.0,
 ) -> Observation:
     """An observation with the fields the controllers read; every other array is 0."""
     running_arr = np.atleast_1d(np.asarray(running, dtype=np.int64))
@@ -39,6 +43,7 @@ def make_obs(
         "jobs_target": np.asarray(target_arr, dtype=np.int64),
         "queue_length": np.broadcast_to(np.asarray(queue, dtype=np.float64), (n,)),
         "utilization": np.broadcast_to(np.asarray(utilization, dtype=np.float64), (n,)),
+        "arrivals": np.broadcast_to(np.asarray(arrivals, dtype=np.float64), (n,)),
     }
     # Fill whatever else the dataclass requires with zeros, so new fields do not break this.
     for f in fields(Observation):
@@ -401,3 +406,176 @@ def test_per_lane_setting_must_match_lanes() -> None:
 def test_scaling_rules_longest_period() -> None:
     rules = ScalingRules.build([("Pods", 4, 15), ("Percent", 10, 60)], "Max", 0)
     assert rules.longest_period_s == 60
+
+
+# ------------------------------------------------------- regression against a recording
+
+# The decisions of the controllers as first written (before they were optimised), on
+# observation sequences recorded in closed loop through run_controller. Replaying the
+# observations, rather than re-running the simulator, keeps the check about these two
+# modules alone. Re-record (only for an intended change of behaviour) with
+# ``python tests/unit/test_hpa_keda.py tests/unit/fixtures/hpa_keda_regression.npz``.
+REGRESSION_FIXTURE = Path(__file__).parent / "fixtures" / "hpa_keda_regression.npz"
+REGRESSION_STEPS = 500
+# Per lane: floor, ceiling, step limit, startup, queue bound (drops), failures.
+REGRESSION_LANES = [
+    {"min_jobs": 0, "max_jobs": 10, "max_step": 3, "job_startup_s": 30.0},
+    {"min_jobs": 1, "max_jobs": 20, "max_step": 5, "queue_max_events": 20_000.0},
+    {"min_jobs": 1, "max_jobs": 30, "max_step": 5, "job_startup_s": 150.0},
+    {"min_jobs": 2, "max_jobs": 40, "max_step": 10, "job_failure_rate_per_hour": 0.5},
+    {"min_jobs": 1, "max_jobs": 60, "max_step": 20, "job_startup_s": 240.0},
+]
+REGRESSION_SCENARIOS: dict[str, tuple[str, dict[str, object]]] = {
+    "hpa_default": ("hpa", {"target_utilization": np.array([0.3, 0.5, 0.65, 0.8, 0.88])}),
+    # Irregular syncs (25 s), both windows, Min/Max, and event periods longer than the
+    # other direction's longest, so the Go slices' overwrite order matters.
+    "hpa_custom": (
+        "hpa",
+        {
+            "target_utilization": np.array([0.4, 0.6, 0.7, 0.8, 0.9]),
+            "tolerance": 0.05,
+            "sync_period_s": 25,
+            "scale_up_policies": (("Pods", 2, 30), ("Percent", 50, 75)),
+            "scale_up_select": "Min",
+            "scale_up_stabilization_s": 60,
+            "scale_down_policies": (("Pods", 4, 60), ("Percent", 10, 120)),
+            "scale_down_select": "Max",
+            "scale_down_stabilization_s": 120,
+        },
+    ),
+    # The docs' scale-down example: one sync per step, 60 s policies.
+    "hpa_docs": (
+        "hpa",
+        {
+            "target_utilization": 0.7,
+            "sync_period_s": 60,
+            "scale_down_policies": (("Pods", 4, 60), ("Percent", 10, 60)),
+            "scale_down_stabilization_s": 0,
+        },
+    ),
+    "keda_default": ("keda", {"lag_threshold": np.array([0.2, 0.5, 1.0, 2.0, 4.0]) * 3000}),
+    # Polls (45 s) and syncs (20 s) out of step with the minute, an activation
+    # threshold, a ceiling below max_jobs, scale-down by the smallest change.
+    "keda_custom": (
+        "keda",
+        {
+            "lag_threshold": np.array([500.0, 1500.0, 3000.0, 6000.0, 9000.0]),
+            "polling_interval_s": 45,
+            "cooldown_period_s": 120,
+            "activation_lag_threshold": 100.0,
+            "max_replica_count": 25,
+            "commit_interval_s": 0.0,
+            "sync_period_s": 20,
+            "scale_up_policies": (("Pods", 3, 40),),
+            "scale_up_stabilization_s": 30,
+            "scale_down_policies": (("Pods", 2, 30), ("Percent", 20, 90)),
+            "scale_down_select": "Min",
+            "scale_down_stabilization_s": 90,
+        },
+    ),
+    "keda_min2": ("keda", {"lag_threshold": 3000.0, "min_replica_count": 2}),
+}
+# The observation fields each kind reads, stored as integers: utilization in 1/1000.
+REGRESSION_FIELDS = {
+    "hpa": ("jobs_target", "jobs_running", "utilization"),
+    "keda": ("jobs_target", "queue_length", "arrivals"),
+}
+
+
+def _regression_params() -> ClusterParams:
+    return ClusterParams.from_services(
+        [
+            ServiceConfig(service_id=f"s{i}", capacity_noise_cv=0.1, **lane)  # type: ignore[arg-type]
+            for i, lane in enumerate(REGRESSION_LANES)
+        ]
+    )
+
+
+def _regression_controller(name: str) -> Controller:
+    kind, kwargs = REGRESSION_SCENARIOS[name]
+    if kind == "hpa":
+        return HPAController(**kwargs)  # type: ignore[arg-type]
+    return KEDAController(**kwargs)  # type: ignore[arg-type]
+
+
+def _regression_load(seed: int) -> np.ndarray:
+    """Zeros, a ramp, an overload that fills (and overflows) queues, a sudden stop,
+    noise, square waves, zeros again; events per step, shape (T, S)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(REGRESSION_STEPS, dtype=np.float64)
+    jobs = np.zeros(REGRESSION_STEPS)
+    jobs[40:120] = np.linspace(0.0, 15.0, 80)
+    jobs[120:180] = 80.0
+    jobs[200:350] = 8.0 + 6.0 * np.sin(2 * np.pi * t[200:350] / 50)
+    jobs[350:400] = np.where((t[350:400] // 10) % 2 == 0, 25.0, 2.0)
+    jobs[450:] = 5.0
+    scale = np.array([0.3, 0.7, 1.0, 1.5, 2.5])
+    noise = rng.lognormal(0.0, 0.3, size=(REGRESSION_STEPS, scale.size))
+    return np.rint(3000.0 * jobs[:, None] * scale * noise)
+
+
+def _regression_obs(fields_: dict[str, np.ndarray], step: int) -> Observation:
+    return make_obs(
+        step,
+        running=fields_.get("jobs_running", fields_["jobs_target"])[step],
+        target=fields_["jobs_target"][step],
+        utilization=fields_.get("utilization", np.zeros((step + 1, 5)))[step] / 1000,
+        queue=fields_.get("queue_length", np.zeros((step + 1, 5)))[step],
+        arrivals=fields_.get("arrivals", np.zeros((step + 1, 5)))[step],
+    )
+
+
+def _replay(name: str, fields_: dict[str, np.ndarray]) -> np.ndarray:
+    controller = _regression_controller(name)
+    controller.reset(_regression_params())
+    return np.array(
+        [controller.decide(_regression_obs(fields_, s)) for s in range(REGRESSION_STEPS)]
+    )
+
+
+def record_regression_fixture(path: Path) -> None:
+    """Record every scenario with the controllers as they are now into ``path``."""
+
+    class Recorder:
+        def __init__(self, inner: Controller) -> None:
+            self.inner, self.name = inner, inner.name
+            self.seen: list[Observation] = []
+
+        def reset(self, params: ClusterParams) -> None:
+            self.inner.reset(params)
+
+        def decide(self, obs: Observation) -> np.ndarray:
+            self.seen.append(obs)
+            return self.inner.decide(obs)
+
+    arrays: dict[str, np.ndarray] = {}
+    for seed, name in enumerate(REGRESSION_SCENARIOS):
+        recorder = Recorder(_regression_controller(name))
+        params = _regression_params()
+        run_controller(params, _regression_load(seed), recorder, params.min_jobs + 2, seed=seed)
+        stored = {}
+        for field in REGRESSION_FIELDS[REGRESSION_SCENARIOS[name][0]]:
+            values = np.array([getattr(obs, field) for obs in recorder.seen])
+            scaled = values * 1000 if field == "utilization" else values
+            stored[field] = np.rint(scaled).astype(np.int32)
+        # The decisions on the stored (rounded) observations, replayed open loop.
+        stored["decision"] = _replay(name, stored).astype(np.int32)
+        arrays.update({f"{name}__{field}": values for field, values in stored.items()})
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", list(REGRESSION_SCENARIOS))
+def test_decisions_match_recording(name: str) -> None:
+    with np.load(REGRESSION_FIXTURE) as data:
+        stored = {
+            key.split("__", 1)[1]: data[key] for key in data.files if key.startswith(name + "__")
+        }
+    expected = stored.pop("decision")
+    assert expected.shape == (REGRESSION_STEPS, len(REGRESSION_LANES))
+    # The recording exercises scaling both ways, zeros and the ceilings.
+    assert len(np.unique(expected)) > 5
+    np.testing.assert_array_equal(_replay(name, stored), expected)
+
+
+if __name__ == "__main__":
+    record_regression_fixture(Path(sys.argv[1]))
