@@ -153,8 +153,8 @@ class _TimedLog:
 
     Go appends to a slice per HPA and overwrites a stale entry when one exists; here
     each lane is a row of fixed capacity whose filled prefix is that slice, so which
-    entry survives matches the Go code exactly. Empty slots carry time -inf, which no
-    window cutoff ever includes.
+    entries survive is tracked exactly. Empty slots carry time -inf, which no window
+    cutoff ever includes.
     """
 
     def __init__(self, n_lanes: int, capacity: int) -> None:
@@ -166,7 +166,10 @@ class _TimedLog:
     def store(self, lanes: np.ndarray, t: float, values: np.ndarray, stale_before: float) -> None:
         """Record ``values`` at time ``t`` for the lanes in mask ``lanes``.
 
-        Go overwrites the first entry older than ``stale_before``, else appends.
+        The first entry older than ``stale_before`` is overwritten, else one is
+        appended. (Go's ``storeScaleEvent`` overwrites the last outdated entry; the
+        two differ only where a policy period of one direction is longer than the
+        other direction's longest period.)
 
         Args:
             lanes: Bool mask (S,) of the lanes that record.

@@ -157,8 +157,7 @@ class KEDAController:
         self._last_active = np.empty(0)
         self._hpa_bounds = ReplicaBounds(self._hpa_min, self._hpa_max)
         self._step = 0
-        # Offsets of polls and syncs within a step repeat with this period.
-        self._schedule_period_s = math.lcm(STEP_S, self._hpa.sync_period_s, self.polling_interval_s)
+        self._schedule_period_s = STEP_S
         self._schedules: dict[int, list[tuple[int, bool, bool]]] = {}
 
     def reset(self, params: ClusterParams) -> None:
@@ -179,6 +178,9 @@ class KEDAController:
         self._last_active = np.full(n, -np.inf)
         self._hpa.reset(n)
         self._step = 0
+        # The offsets of polls and syncs within a step repeat with this period.
+        self._schedule_period_s = math.lcm(STEP_S, self._hpa.sync_period_s, self.polling_interval_s)
+        self._schedules = {}
 
     def decide(self, obs: Observation) -> np.ndarray:
         """Run the KEDA polls and HPA syncs that fall in this step.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from models.controller.base import Controller, Observation
-from models.controller.hpa import HPAController, ScalingRules
+from models.controller.hpa import HorizontalPodAutoscaler, HPAController, ScalingRules
 from models.controller.keda import KEDAController
 from models.controller.rollout import run_controller
 from simulator.config import ClusterParams, ServiceConfig
@@ -403,6 +403,17 @@ def test_per_lane_setting_must_match_lanes() -> None:
         KEDAController(lag_threshold=0.0)
 
 
+def test_hpa_syncs_must_not_go_back_in_time() -> None:
+    # Go stamps its history with time.Now(); the trailing windows rely on that order.
+    hpa = HorizontalPodAutoscaler()
+    hpa.reset(1)
+    one, five, ok = np.array([1]), np.array([5]), np.array([True])
+    hpa.reconcile(30.0, one, one, ok, one, five)
+    hpa.reconcile(30.0, one, one, ok, one, five)  # the same time is fine
+    with pytest.raises(ValueError, match="before the previous"):
+        hpa.reconcile(15.0, one, one, ok, one, five)
+
+
 def test_scaling_rules_longest_period() -> None:
     rules = ScalingRules.build([("Pods", 4, 15), ("Percent", 10, 60)], "Max", 0)
     assert rules.longest_period_s == 60
@@ -427,8 +438,7 @@ REGRESSION_LANES = [
 ]
 REGRESSION_SCENARIOS: dict[str, tuple[str, dict[str, object]]] = {
     "hpa_default": ("hpa", {"target_utilization": np.array([0.3, 0.5, 0.65, 0.8, 0.88])}),
-    # Irregular syncs (25 s), both windows, Min/Max, and event periods longer than the
-    # other direction's longest, so the Go slices' overwrite order matters.
+    # Syncs out of step with the minute (25 s), both windows, selectPolicy Min.
     "hpa_custom": (
         "hpa",
         {
@@ -439,8 +449,19 @@ REGRESSION_SCENARIOS: dict[str, tuple[str, dict[str, object]]] = {
             "scale_up_select": "Min",
             "scale_up_stabilization_s": 60,
             "scale_down_policies": (("Pods", 4, 60), ("Percent", 10, 120)),
-            "scale_down_select": "Max",
+            "scale_down_select": "Min",
             "scale_down_stabilization_s": 120,
+        },
+    ),
+    # Scale-up events go stale after 15 s while the scale-down periods count them for
+    # 120 and 240 s, so which entries Go's slices overwrite changes the limits.
+    "hpa_stale_events": (
+        "hpa",
+        {
+            "target_utilization": np.array([0.4, 0.6, 0.7, 0.8, 0.9]),
+            "scale_up_policies": (("Pods", 2, 15),),
+            "scale_down_policies": (("Pods", 1, 120), ("Percent", 10, 240)),
+            "scale_down_stabilization_s": 30,
         },
     ),
     # The docs' scale-down example: one sync per step, 60 s policies.
@@ -455,7 +476,8 @@ REGRESSION_SCENARIOS: dict[str, tuple[str, dict[str, object]]] = {
     ),
     "keda_default": ("keda", {"lag_threshold": np.array([0.2, 0.5, 1.0, 2.0, 4.0]) * 3000}),
     # Polls (45 s) and syncs (20 s) out of step with the minute, an activation
-    # threshold, a ceiling below max_jobs, scale-down by the smallest change.
+    # threshold, a ceiling below max_jobs, and stale scale-up events still counted by
+    # the scale-down periods.
     "keda_custom": (
         "keda",
         {
@@ -466,14 +488,23 @@ REGRESSION_SCENARIOS: dict[str, tuple[str, dict[str, object]]] = {
             "max_replica_count": 25,
             "commit_interval_s": 0.0,
             "sync_period_s": 20,
-            "scale_up_policies": (("Pods", 3, 40),),
+            "scale_up_policies": (("Pods", 3, 20),),
             "scale_up_stabilization_s": 30,
-            "scale_down_policies": (("Pods", 2, 30), ("Percent", 20, 90)),
-            "scale_down_select": "Min",
-            "scale_down_stabilization_s": 90,
+            "scale_down_policies": (("Pods", 2, 60), ("Percent", 20, 180)),
+            "scale_down_stabilization_s": 40,
         },
     ),
-    "keda_min2": ("keda", {"lag_threshold": 3000.0, "min_replica_count": 2}),
+    # A floor of 2, and policies over 60 s in both directions (several syncs apart).
+    "keda_min2": (
+        "keda",
+        {
+            "lag_threshold": 3000.0,
+            "min_replica_count": 2,
+            "scale_up_policies": (("Pods", 2, 60), ("Percent", 50, 30)),
+            "scale_down_policies": (("Percent", 20, 60),),
+            "scale_down_stabilization_s": 60,
+        },
+    ),
 }
 # The observation fields each kind reads, stored as integers: utilization in 1/1000.
 REGRESSION_FIELDS = {
