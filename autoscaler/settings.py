@@ -29,7 +29,8 @@ class Settings(BaseSettings):
         state_dir: Folder for all local state (reports, benchmark output, stores).
         traces_dir: Folder holding the public traffic traces.
         scenarios_file: YAML file listing benchmark scenarios.
-        seed: Base seed for every random generator in a run.
+        seed: Base seed for runs no scenario fixes; the benchmark and demo scenarios
+            carry their own seeds in the scenarios file.
         log_level: Minimum level of log records that are emitted.
     """
 
@@ -65,7 +66,10 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=2**32 - 1,
-        description="Base seed for every random generator in a run (numpy accepts 0..2**32-1).",
+        description=(
+            "Base seed for runs no scenario fixes (benchmark and demo scenarios carry their "
+            "own seeds); numpy accepts 0..2**32-1."
+        ),
     )
     log_level: LogLevel = Field(
         default="INFO",
