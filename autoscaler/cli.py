@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
@@ -54,11 +54,17 @@ def _run_with_progress(scenarios: list[Scenario], workers: int) -> list[Scenario
 def demo(
     state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
     workers: int = typer.Option(2, min=1, help="Scenarios run in parallel."),
+    pipeline: bool = typer.Option(
+        True, help="First ingest the simulated history and refresh features (Prefect flows)."
+    ),
 ) -> None:
-    """Run every controller on the synthetic scenarios and write a report.
+    """Ingest the simulated history, then run every controller on the synthetic scenarios
+    and write a report.
 
-    The scenarios come from the scenarios file (synthetic ones only, so a fresh clone
-    needs no trace files). Prints the benchmark table and the report's path.
+    The pipeline step runs the ingest flow (Great Expectations validation into the offline
+    store) and the features flow (Feast apply and materialize). The scenarios come from the
+    scenarios file (synthetic ones only, so a fresh clone needs no trace files). Prints
+    the benchmark table and the report's path.
     """
     from bench.control import format_table
     from bench.report import write_report
@@ -66,6 +72,9 @@ def demo(
 
     settings = build_settings(state_dir=state_dir)
     settings.ensure_dirs()
+    if pipeline:
+        typer.echo("Ingesting the simulated history through the ingest and features flows")
+        _run_pipeline(settings, "simulator", None, full=False)
     scenarios = load_scenarios(settings.scenarios_file, traces_dir=None)
     typer.echo(
         f"Running {len(scenarios)} synthetic scenarios: {', '.join(s.name for s in scenarios)}"
@@ -107,6 +116,75 @@ def bench(
             results, settings.bench_dir / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         typer.echo(f"Report: {index.resolve()}")
+
+
+def _prefect_ready(settings: Settings) -> None:
+    from autoscaler.runtime import configure_prefect
+
+    settings.ensure_dirs()
+    configure_prefect(settings)
+
+
+def _source_name(source: str) -> Literal["simulator", "drop"]:
+    if source not in ("simulator", "drop"):
+        raise typer.BadParameter("source must be 'simulator' or 'drop'", param_hint="--source")
+    return "drop" if source == "drop" else "simulator"
+
+
+def _run_pipeline(settings: Settings, source: str, days: int | None, full: bool) -> None:
+    """Ingest from ``source`` and refresh features through the Prefect flows."""
+    _prefect_ready(settings)
+    from flows.features import features_flow
+    from flows.ingest import ingest_flow
+
+    state = str(settings.state_dir)
+    counts = ingest_flow(source=_source_name(source), days=days, state_dir=state)
+    typer.echo(
+        f"ingest: {counts['rows_in']} rows in, {counts['rows_stored']} stored (new), "
+        f"{counts['rows_quarantined']} quarantined in {counts['batches_quarantined']} "
+        f"batch(es); quarantine: {settings.quarantine_dir}"
+    )
+    result = features_flow(full_rebuild=full, state_dir=state)
+    typer.echo(f"features: {result['rows']}; online store up to {result['materialized']}")
+
+
+@app.command()
+def ingest(
+    source: str = typer.Option(
+        "simulator", help="simulator (simulated cluster history) or drop (drop folder)."
+    ),
+    days: int | None = typer.Option(None, min=8, help="Days of simulated history."),
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+    features: bool = typer.Option(True, help="Also refresh features and the online store."),
+    full: bool = typer.Option(False, help="Rebuild all features, not only new minutes."),
+) -> None:
+    """Run the ingest flow (validate with Great Expectations, store or quarantine), then
+    the features flow (engineer, write, feast apply, materialize)."""
+    _source_name(source)
+    settings = build_settings(state_dir=state_dir)
+    if features:
+        _run_pipeline(settings, source, days, full)
+        return
+    _prefect_ready(settings)
+    from flows.ingest import ingest_flow
+
+    counts = ingest_flow(source=_source_name(source), days=days, state_dir=str(settings.state_dir))
+    typer.echo(f"ingest: {counts}")
+
+
+@app.command("online-features")
+def online_features_cmd(
+    services: list[str] = typer.Argument(..., help="Service ids."),
+    feature_service: str = typer.Option("controller_v1", help="Feast feature service."),
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+) -> None:
+    """Print the newest online features of services (after `autoscaler ingest`)."""
+    from autoscaler.runtime import feast_config
+    from features.store import online_features, open_store
+
+    settings = build_settings(state_dir=state_dir)
+    frame = online_features(open_store(feast_config(settings)), services, feature_service)
+    typer.echo(frame.T.to_string())
 
 
 @app.command("check-trace")

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         scenarios_file: YAML file listing benchmark scenarios.
         seed: Base seed for runs no scenario fixes; the benchmark and demo scenarios
             carry their own seeds in the scenarios file.
+        feature_repo: Feast feature repository folder.
+        online_store: Feast online store backend, ``sqlite`` or ``redis``.
+        redis_url: Redis connection string when ``online_store`` is ``redis``.
+        drop_dir: Folder of user exports to ingest (default <state_dir>/drop).
+        freshness_minutes: Age of the newest metrics that triggers a freshness warning.
+        history_days: Days of history the simulated cluster source produces.
         log_level: Minimum level of log records that are emitted.
     """
 
@@ -71,6 +77,35 @@ class Settings(BaseSettings):
             "own seeds); numpy accepts 0..2**32-1."
         ),
     )
+    feature_repo: Path = Field(
+        default=Path("feature_repo"),
+        description="Feast feature repository (definitions and feature_store.yaml).",
+    )
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="Feast online store: a SQLite file in the state folder, or Redis.",
+    )
+    redis_url: str = Field(
+        default="localhost:6379",
+        description="Feast Redis connection string (host:port[,db=N][,password=...]).",
+    )
+    drop_dir: Path | None = Field(
+        default=None,
+        description="Folder users drop CSV/Parquet exports into; default <state_dir>/drop.",
+    )
+    freshness_minutes: int = Field(
+        default=15,
+        ge=1,
+        description="Newest metrics older than this get a freshness warning at ingestion.",
+    )
+    history_days: int = Field(
+        default=14,
+        ge=8,
+        description=(
+            "Days of history the simulated cluster source produces (>= 8: a week of lags "
+            "plus a day to learn from)."
+        ),
+    )
     log_level: LogLevel = Field(
         default="INFO",
         description="Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
@@ -98,6 +133,31 @@ class Settings(BaseSettings):
     def bench_dir(self) -> Path:
         """Folder for benchmark JSON output."""
         return self.state_dir / "bench"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Offline store of validated metrics (partitioned Parquet)."""
+        return self.state_dir / "offline"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rejected batches with their validation results and reports."""
+        return self.state_dir / "quarantine"
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast registry, online store file and feature Parquet."""
+        return self.state_dir / "feast"
+
+    @property
+    def drop_folder(self) -> Path:
+        """Where users drop exports: ``drop_dir`` or <state_dir>/drop."""
+        return self.drop_dir if self.drop_dir is not None else self.state_dir / "drop"
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME for flows run from this project (temporary server's database)."""
+        return self.state_dir / "prefect"
 
     def ensure_dirs(self) -> list[Path]:
         """Create the state folders if they are missing.

@@ -17,7 +17,7 @@ from bench.control import CONTROLLERS
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 
 COMMANDS = {
-    "demo": "Run every controller on the synthetic scenarios and write a report.",
+    "demo": "Ingest the simulated history, then run every controller on the synthetic",
     "bench": "Control benchmark over every trace in TRACES_DIR plus the synthetic scenarios.",
     "check-trace": "Validate a trace CSV and describe it (interval, span, one-minute steps).",
     "sim-speed": "Measure simulator throughput in service-steps per second.",
@@ -119,7 +119,7 @@ def test_demo_prints_the_table_and_writes_the_report(tmp_path: Path) -> None:
         "AUTOSCALER_STATE_DIR": str(tmp_path / "state"),
         "AUTOSCALER_SCENARIOS_FILE": str(scenarios),
     }
-    result = CliRunner().invoke(app, ["demo", "--workers", "1"], env=env)
+    result = CliRunner().invoke(app, ["demo", "--workers", "1", "--no-pipeline"], env=env)
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Running 1 synthetic scenarios: tiny_demo" in out
