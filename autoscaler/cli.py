@@ -131,8 +131,10 @@ def _source_name(source: str) -> Literal["simulator", "drop"]:
     return "drop" if source == "drop" else "simulator"
 
 
-def _run_pipeline(settings: Settings, source: str, days: int | None, full: bool) -> None:
-    """Ingest from ``source`` and refresh features through the Prefect flows."""
+def _run_pipeline(
+    settings: Settings, source: str, days: int | None, full: bool, features: bool = True
+) -> None:
+    """Ingest from ``source`` and, if asked, refresh features, through the Prefect flows."""
     _prefect_ready(settings)
     from flows.features import features_flow
     from flows.ingest import ingest_flow
@@ -144,8 +146,9 @@ def _run_pipeline(settings: Settings, source: str, days: int | None, full: bool)
         f"{counts['rows_quarantined']} quarantined in {counts['batches_quarantined']} "
         f"batch(es); quarantine: {settings.quarantine_dir}"
     )
-    result = features_flow(full_rebuild=full, state_dir=state)
-    typer.echo(f"features: {result['rows']}; online store up to {result['materialized']}")
+    if features:
+        result = features_flow(full_rebuild=full, state_dir=state)
+        typer.echo(f"features: {result['rows']}; online store up to {result['materialized']}")
 
 
 @app.command()
@@ -161,15 +164,7 @@ def ingest(
     """Run the ingest flow (validate with Great Expectations, store or quarantine), then
     the features flow (engineer, write, feast apply, materialize)."""
     _source_name(source)
-    settings = build_settings(state_dir=state_dir)
-    if features:
-        _run_pipeline(settings, source, days, full)
-        return
-    _prefect_ready(settings)
-    from flows.ingest import ingest_flow
-
-    counts = ingest_flow(source=_source_name(source), days=days, state_dir=str(settings.state_dir))
-    typer.echo(f"ingest: {counts}")
+    _run_pipeline(build_settings(state_dir=state_dir), source, days, full, features)
 
 
 @app.command("online-features")

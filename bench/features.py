@@ -30,6 +30,7 @@ import pandas as pd
 
 from features.contracts import conform
 from features.engineering import compute_features
+from features.sources import profiles_frame
 from simulator.config import ClusterParams, ServiceConfig
 from simulator.metrics import event_metrics, system_metrics
 from simulator.run import simulate_schedule
@@ -95,25 +96,7 @@ def make_tables(services: int, days: int, seed: int = 0) -> Tables:
     log = simulate_schedule(
         params, arrivals, targets, targets[0], start=data.config.start, seed=seed
     )
-    profiles = pd.DataFrame(
-        [
-            {
-                "service_id": c.service_id,
-                "ts": data.config.start,
-                "criticality": c.criticality,
-                "sla_latency_s": c.sla_latency_s,
-                "sla_target": c.sla_target,
-                "cost_per_job_hour": c.cost_per_job_hour,
-                "daily_budget": c.daily_budget,
-                "min_jobs": c.min_jobs,
-                "max_jobs": c.max_jobs,
-                "max_step": c.max_step,
-                "job_capacity_eps": c.job_capacity_eps,
-                "job_startup_s": c.job_startup_s,
-            }
-            for c in configs
-        ]
-    )
+    profiles = profiles_frame(configs, data.config.start)
     return Tables(
         event_metrics=conform(event_metrics(log), "event_metrics").frame,
         system_metrics=conform(system_metrics(log), "system_metrics").frame,

@@ -238,7 +238,8 @@ def _decisions(log: SimLog, controller: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _profiles(configs: Sequence[ServiceConfig], valid_from: pd.Timestamp) -> pd.DataFrame:
+def profiles_frame(configs: Sequence[ServiceConfig], valid_from: pd.Timestamp) -> pd.DataFrame:
+    """`service_profiles` rows of simulator service configs, valid from ``valid_from``."""
     return pd.DataFrame(
         [
             {
@@ -300,7 +301,7 @@ def simulated_tables(config: SimulatorSourceConfig) -> dict[str, pd.DataFrame]:
     targets = reactive_targets(arr, params, config.target_utilization)
     log = simulate_schedule(params, arr, targets, targets[0], start=start, seed=config.seed)
     return {
-        "service_profiles": _profiles(configs, start),
+        "service_profiles": profiles_frame(configs, start),
         "business_calendar": data.calendar.copy(),
         "event_metrics": event_metrics(log, high_priority=high.loc[:, order].to_numpy(float)),
         "system_metrics": system_metrics(log),
