@@ -47,6 +47,9 @@ lock: $(LOCK_VENV)/bin/pip-compile
 	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --extra dev \
 		--strip-extras --no-emit-options \
 		--output-file requirements.lock $(UPGRADE) pyproject.toml
+	# The resolver writes the local label of the CPU wheel it found here (torch==X+cpu); the plain
+	# pin installs that same CPU build on these machines and stays installable elsewhere.
+	sed -i -E 's/^(torch==[0-9.]+)\+cpu$$/\1/' requirements.lock
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
