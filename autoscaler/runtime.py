@@ -15,6 +15,7 @@ from autoscaler.settings import Settings
 
 if TYPE_CHECKING:
     from features.store import FeastConfig
+    from models.registry import RegistryConfig
 
 # A cold start of Prefect's temporary server took 18 s on a 2-core machine; the default
 # limit is too tight there.
@@ -51,4 +52,15 @@ def feast_config(settings: Settings) -> FeastConfig:
         feast_dir=settings.feast_dir,
         online_store=settings.online_store,
         redis_url=settings.redis_url,
+    )
+
+
+def registry_config(settings: Settings, experiment: str) -> RegistryConfig:
+    """The MLflow registry the settings describe; runs go to ``experiment``."""
+    from models.registry import RegistryConfig
+
+    return RegistryConfig(
+        tracking_uri=settings.mlflow_uri,
+        artifacts_dir=settings.mlflow_artifacts_dir,
+        experiment=experiment,
     )

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
         freshness_minutes: Age of the newest metrics that triggers a freshness warning.
         history_days: Days of history the simulated cluster source produces.
         log_level: Minimum level of log records that are emitted.
+        mlflow_tracking_uri: MLflow tracking and registry URI; None for a SQLite file in
+            the state folder (see ``mlflow_uri``).
     """
 
     # Frozen: settings are built once and shared, so no callee may change them under others.
@@ -110,6 +112,13 @@ class Settings(BaseSettings):
         default="INFO",
         description="Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
     )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description=(
+            "MLflow tracking and registry URI (e.g. postgresql://..., http://host:5000); "
+            "default a SQLite file <state_dir>/mlflow/mlflow.db."
+        ),
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -158,6 +167,22 @@ class Settings(BaseSettings):
     def prefect_home(self) -> Path:
         """PREFECT_HOME for flows run from this project (temporary server's database)."""
         return self.state_dir / "prefect"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Local folder standing in for object storage: MLflow run and model artifacts."""
+        return self.state_dir / "mlflow" / "artifacts"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """Effective MLflow tracking URI: ``mlflow_tracking_uri`` or the state folder's SQLite.
+
+        The SQLite URI is absolute (``sqlite:////abs/path``), so it means the same file
+        whatever the working directory of the process that receives it.
+        """
+        if self.mlflow_tracking_uri is not None:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.state_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
     def ensure_dirs(self) -> list[Path]:
         """Create the state folders if they are missing.

@@ -143,3 +143,31 @@ def test_ensure_dirs_creates_state_folders(tmp_path: Path) -> None:
 
     assert created == [tmp_path / "st", tmp_path / "st" / "reports", tmp_path / "st" / "bench"]
     assert all(path.is_dir() for path in created)
+
+
+def test_mlflow_defaults_to_sqlite_file_in_state_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    settings = build_settings(state_dir=Path("st"))
+
+    assert settings.mlflow_tracking_uri is None
+    # Absolute although state_dir is relative: a flow run elsewhere must open the same file.
+    assert settings.mlflow_uri == f"sqlite:///{tmp_path.resolve() / 'st' / 'mlflow' / 'mlflow.db'}"
+    assert settings.mlflow_uri.startswith("sqlite:////")
+    assert settings.mlflow_artifacts_dir == Path("st") / "mlflow" / "artifacts"
+
+
+def test_mlflow_tracking_uri_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOSCALER_MLFLOW_TRACKING_URI", "postgresql://mlflow@db/mlflow")
+
+    settings = build_settings()
+
+    assert settings.mlflow_uri == "postgresql://mlflow@db/mlflow"
+
+
+def test_empty_mlflow_tracking_uri_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOSCALER_MLFLOW_TRACKING_URI", "")
+
+    assert build_settings().mlflow_uri.startswith("sqlite:///")
