@@ -38,6 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# At module level, not in the function that builds FolderModel: MLflow resolves the string
+# annotations of its predict() in this module's globals to validate inputs.
+import pandas as pd
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
@@ -370,7 +374,6 @@ def _folder_model_class() -> type:
     """Build the :data:`FolderModel` class (imports MLflow, so only on first use)."""
     import importlib
 
-    import pandas as pd
     from mlflow.pyfunc import PythonModel
 
     class FolderModel(PythonModel):
