@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
@@ -18,6 +18,10 @@ from autoscaler.settings import Settings, build_settings
 if TYPE_CHECKING:
     from bench.control import ScenarioResult
     from bench.scenarios import Scenario
+
+DEMO_EPOCHS = 1.0
+"""Quick demo training: one pass over the windows of 14 days x 3 services."""
+DEMO_TRAIN_MINUTES = 2.0
 
 app = typer.Typer(
     help=(
@@ -58,13 +62,14 @@ def demo(
         True, help="First ingest the simulated history and refresh features (Prefect flows)."
     ),
 ) -> None:
-    """Ingest the simulated history, then run every controller on the synthetic scenarios
-    and write a report.
+    """Ingest the simulated history, train and register the forecaster, then run every
+    controller on the synthetic scenarios and write a report.
 
     The pipeline step runs the ingest flow (Great Expectations validation into the offline
-    store) and the features flow (Feast apply and materialize). The scenarios come from the
-    scenarios file (synthetic ones only, so a fresh clone needs no trace files). Prints
-    the benchmark table and the report's path.
+    store), the features flow (Feast apply and materialize) and the train-forecaster flow
+    (quick settings; MLflow registry in the state folder, promotion gate). The scenarios
+    come from the scenarios file (synthetic ones only, so a fresh clone needs no trace
+    files). Prints the benchmark table and the report's path.
     """
     from bench.control import format_table
     from bench.report import write_report
@@ -75,6 +80,8 @@ def demo(
     if pipeline:
         typer.echo("Ingesting the simulated history through the ingest and features flows")
         _run_pipeline(settings, "simulator", None, full=False)
+        typer.echo("Training the event forecaster (quick settings) and registering it in MLflow")
+        _train_forecaster(settings, epochs=DEMO_EPOCHS, max_minutes=DEMO_TRAIN_MINUTES)
     scenarios = load_scenarios(settings.scenarios_file, traces_dir=None)
     typer.echo(
         f"Running {len(scenarios)} synthetic scenarios: {', '.join(s.name for s in scenarios)}"
@@ -149,6 +156,43 @@ def _run_pipeline(
     if features:
         result = features_flow(full_rebuild=full, state_dir=state)
         typer.echo(f"features: {result['rows']}; online store up to {result['materialized']}")
+
+
+def _train_forecaster(settings: Settings, epochs: float, max_minutes: float) -> dict[str, Any]:
+    """Run the train-forecaster flow and print what it registered and decided."""
+    _prefect_ready(settings)
+    from flows.train_forecaster import train_forecaster_flow
+
+    result = train_forecaster_flow(
+        epochs=epochs, max_minutes=max_minutes, state_dir=str(settings.state_dir)
+    )
+    scores = result["scores"]
+    typer.echo(
+        f"event-forecaster v{result['version']} "
+        f"({'now champion' if result['promoted'] else 'challenger only'}): {result['reason']}"
+    )
+    shown = ", ".join(
+        f"{name.removeprefix('gate_').removesuffix('_wql')} {value:.3f}"
+        for name, value in scores.items()
+    )
+    typer.echo(f"  gate metric (mean wQL over services and 15/60/120 min): {shown}")
+    typer.echo(f"  MLflow: {settings.mlflow_uri} (mlflow ui --backend-store-uri <that>)")
+    return result
+
+
+@app.command("train-forecaster")
+def train_forecaster(
+    epochs: float = typer.Option(4.0, min=0.01, help="Passes over the training windows."),
+    max_minutes: float = typer.Option(8.0, min=0.1, help="Wall-clock budget of the training."),
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+) -> None:
+    """Train the event forecaster on the feature store, register it and run the promotion gate.
+
+    Same as the train-forecaster Prefect flow (the Prefect UI shows every parameter).
+    """
+    settings = build_settings(state_dir=state_dir)
+    settings.ensure_dirs()
+    _train_forecaster(settings, epochs=epochs, max_minutes=max_minutes)
 
 
 @app.command()

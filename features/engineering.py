@@ -727,30 +727,48 @@ def _service_features(
     spent = pd.Series(cost).groupby(day).cumsum().to_numpy()
     f["budget_used_today"] = _ratio(spent[out], _asof(profile, ts_out, "daily_budget"))
 
-    seqs: dict[str, Array] = {}
-    if len(seq_out):
-        xpad = np.concatenate([np.full(RECENT_MINUTES - 1, np.nan), x]).astype(np.float32)
-        seqs["recent_events_120m"] = sliding_window_view(xpad, RECENT_MINUTES)[seq_out]
-        hour = (first + np.arange(n)) // _MIN_PER_HOUR
-        h_idx = hour - hour[0]
-        valid = ~np.isnan(x)
-        x0 = np.where(valid, x, 0.0)
-        n_hours = int(h_idx[-1]) + 1
-        sums = np.bincount(h_idx, weights=x0, minlength=n_hours)
-        counts = np.bincount(h_idx, weights=valid, minlength=n_hours)
-        hourly = np.where(counts > 0, sums, np.nan)
-        seen = pd.Series(valid.astype(np.int64)).groupby(h_idx).cumsum().to_numpy()
-        # The current minute may be missing (system row only): sum of the hour so far.
-        partial_so_far = pd.Series(x0).groupby(h_idx).cumsum().to_numpy()
-        partial = np.where(seen > 0, partial_so_far, np.nan)
-        hpad = np.concatenate([np.full(HOURLY_HOURS - 1, np.nan), hourly]).astype(np.float32)
-        before = sliding_window_view(hpad[:-1], HOURLY_HOURS - 1)[h_idx[seq_out]]
-        seqs["hourly_events_7d"] = np.concatenate(
-            [before, partial[seq_out].astype(np.float32)[:, None]], axis=1
-        )
-    else:
-        seqs = {name: np.empty((0, length), dtype=np.float32) for name, length in SEQUENCE_FEATURES}
+    seqs = sequence_arrays(x, first, seq_out)
     return _ServiceOutput(ts_out, f, grid_ns[seq_out], seqs)
+
+
+def sequence_arrays(x: Array, first_minute: int, positions: Array) -> dict[str, Array]:
+    """The ``SEQUENCE_FEATURES`` arrays of a dense per-minute series at given minutes.
+
+    The one implementation of the sequence rules in the module docstring, shared by the
+    feature views and the forecaster's training windows.
+
+    Args:
+        x: events_in on a dense minute grid, NaN where missing, shape (n,).
+        first_minute: Minutes since the epoch of ``x[0]`` (sets the clock hours).
+        positions: Grid positions of the rows to build (the row's minute is included).
+
+    Returns:
+        ``{name: float32 array of shape (len(positions), length)}`` per sequence feature.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if not len(positions):
+        return {name: np.empty((0, length), dtype=np.float32) for name, length in SEQUENCE_FEATURES}
+    n = len(x)
+    xpad = np.concatenate([np.full(RECENT_MINUTES - 1, np.nan), x]).astype(np.float32)
+    seqs = {"recent_events_120m": sliding_window_view(xpad, RECENT_MINUTES)[positions]}
+    hour = (first_minute + np.arange(n)) // _MIN_PER_HOUR
+    h_idx = hour - hour[0]
+    valid = ~np.isnan(x)
+    x0 = np.where(valid, x, 0.0)
+    n_hours = int(h_idx[-1]) + 1
+    sums = np.bincount(h_idx, weights=x0, minlength=n_hours)
+    counts = np.bincount(h_idx, weights=valid, minlength=n_hours)
+    hourly = np.where(counts > 0, sums, np.nan)
+    seen = pd.Series(valid.astype(np.int64)).groupby(h_idx).cumsum().to_numpy()
+    # The current minute may be missing (system row only): sum of the hour so far.
+    partial_so_far = pd.Series(x0).groupby(h_idx).cumsum().to_numpy()
+    partial = np.where(seen > 0, partial_so_far, np.nan)
+    hpad = np.concatenate([np.full(HOURLY_HOURS - 1, np.nan), hourly]).astype(np.float32)
+    before = sliding_window_view(hpad[:-1], HOURLY_HOURS - 1)[h_idx[positions]]
+    seqs["hourly_events_7d"] = np.concatenate(
+        [before, partial[positions].astype(np.float32)[:, None]], axis=1
+    )
+    return seqs
 
 
 # ------------------------------------------------------------------------------ public

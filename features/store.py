@@ -232,7 +232,10 @@ def materialize(store: FeatureStore, start: pd.Timestamp, end: pd.Timestamp) -> 
 
 
 def training_set(
-    store: FeatureStore, entity_rows: pd.DataFrame, feature_service: str = "forecaster_v1"
+    store: FeatureStore,
+    entity_rows: pd.DataFrame,
+    feature_service: str = "forecaster_v1",
+    features: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Point-in-time correct features for (service_id, event_timestamp) rows.
 
@@ -243,6 +246,8 @@ def training_set(
         store: The applied store.
         entity_rows: Columns service_id and event_timestamp (naive UTC), plus any labels.
         feature_service: Name of a feature service in the repo.
+        features: Feature references (``view:feature``) to join instead of the feature
+            service, for a training set that needs only a few columns.
 
     Returns:
         The entity rows with the service's features, event_timestamp naive UTC, sorted
@@ -253,12 +258,64 @@ def training_set(
         raise ValueError(f"entity_rows needs columns {sorted(missing)}")
     rows = entity_rows.reset_index(drop=True).copy()
     rows["_row"] = range(len(rows))
-    job = store.get_historical_features(
-        entity_df=_to_feast_frame(rows), features=store.get_feature_service(feature_service)
-    )
+    wanted = list(features) if features is not None else store.get_feature_service(feature_service)
+    job = store.get_historical_features(entity_df=_to_feast_frame(rows), features=wanted)
     out = job.to_df().sort_values("_row").drop(columns="_row").reset_index(drop=True)
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).dt.tz_localize(None)
     return out
+
+
+def view_rows(
+    store: FeatureStore,
+    view: str,
+    features: Sequence[str],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    services: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Every offline row of a feature view stamped in [start, end), through Feast.
+
+    A training set that needs a view's value at *every* minute should read the rows
+    themselves: each row is stamped when its values became available, so they are the
+    point-in-time values already. (``get_historical_features`` on the file offline store
+    merges every entity row with every feature row of its service before filtering, so
+    a per-minute training set costs minutes squared in memory.)
+
+    Args:
+        store: The applied store.
+        view: Feature view name.
+        features: Feature names of the view to return.
+        start: Earliest event timestamp (naive UTC), inclusive.
+        end: Latest event timestamp (naive UTC), exclusive.
+        services: Keep only these services (None = all).
+
+    Returns:
+        service_id, event_timestamp (naive UTC) and the features, sorted by service and time.
+    """
+    from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+
+    fv = store.get_feature_view(view)
+    source = fv.batch_source
+    if source is None:
+        raise ValueError(f"feature view {view!r} has no batch source to read")
+    offline = get_offline_store_from_config(store.config.offline_store)
+    job = offline.pull_all_from_table_or_query(
+        config=store.config,
+        data_source=source,
+        join_key_columns=["service_id"],
+        feature_name_columns=list(features),
+        timestamp_field=source.timestamp_field,
+        start_date=pd.Timestamp(start).tz_localize("UTC").to_pydatetime(),
+        end_date=pd.Timestamp(end).tz_localize("UTC").to_pydatetime(),
+    )
+    frame = job.to_df()
+    ts = pd.to_datetime(frame[source.timestamp_field], utc=True).dt.tz_localize(None)
+    frame = frame.assign(event_timestamp=ts)
+    frame = frame[(frame["event_timestamp"] >= start) & (frame["event_timestamp"] < end)]
+    if services is not None:
+        frame = frame[frame["service_id"].isin(list(services))]
+    columns = ["service_id", "event_timestamp", *features]
+    return frame[columns].sort_values(["service_id", "event_timestamp"]).reset_index(drop=True)
 
 
 class OnlineReader:
@@ -276,19 +333,27 @@ class OnlineReader:
         self._store = store
         self._service = store.get_feature_service(feature_service)
 
-    def read(self, services: Sequence[str]) -> pd.DataFrame:
+    def read(self, services: Sequence[str], *, with_timestamps: bool = False) -> pd.DataFrame:
         """The newest materialized features of each service, one row per service, in the
-        order given; unknown services get nulls."""
+        order given; unknown services get nulls.
+
+        With ``with_timestamps``, every feature also gets a ``<feature>__ts`` column: the
+        event timestamp (seconds since the epoch, UTC) of the row it came from.
+        """
         response = self._store.get_online_features(
             features=self._service,
             entity_rows=[{"service_id": sid} for sid in services],
         )
         # to_dict is cheaper than to_df for small reads and keeps arrays as lists.
-        return pd.DataFrame(response.to_dict())
+        return pd.DataFrame(response.to_dict(include_event_timestamps=with_timestamps))
 
 
 def online_features(
-    store: FeatureStore, services: Sequence[str], feature_service: str = "controller_v1"
+    store: FeatureStore,
+    services: Sequence[str],
+    feature_service: str = "controller_v1",
+    *,
+    with_timestamps: bool = False,
 ) -> pd.DataFrame:
     """One-off online read (see :class:`OnlineReader` for repeated reads)."""
-    return OnlineReader(store, feature_service).read(services)
+    return OnlineReader(store, feature_service).read(services, with_timestamps=with_timestamps)

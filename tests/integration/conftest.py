@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from pipeline_state import PIPELINE_DAYS, PIPELINE_END
+
+from autoscaler.settings import Settings, build_settings
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="autoscaler-prefect-")
 os.environ.update(
@@ -33,3 +37,28 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def pipeline_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of the state folder the simulated history is ingested into, once a session."""
+    return build_settings(
+        state_dir=tmp_path_factory.mktemp("state"), history_days=PIPELINE_DAYS
+    )
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(pipeline_settings: Settings, prefect_harness: None) -> dict[str, Any]:
+    """Ingest the simulated history and refresh features, through the flows (about 1 min)."""
+    from flows.features import features_flow
+    from flows.ingest import ingest_flow
+
+    state = str(pipeline_settings.state_dir)
+    ingested = ingest_flow(
+        source="simulator",
+        days=PIPELINE_DAYS,
+        end=PIPELINE_END.to_pydatetime(),
+        state_dir=state,
+    )
+    features = features_flow(state_dir=state)
+    return {"ingest": ingested, "features": features}

@@ -38,35 +38,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from pipeline_state import PIPELINE_DAYS, PIPELINE_END, PIPELINE_SERVICES
 
 from autoscaler.runtime import feast_config
-from autoscaler.settings import Settings, build_settings
+from autoscaler.settings import Settings
 from features.offline import OfflineStore
 
 pytestmark = pytest.mark.integration
 
-DAYS = 9
-SERVICES = ["analytics", "checkout", "notifications"]
-# History up to the current minute: `feast materialize-incremental` starts its first run one
-# TTL (1 h) before the wall clock, so older data would never reach the online store.
-END = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("min")
+DAYS = PIPELINE_DAYS
+SERVICES = PIPELINE_SERVICES
+END = PIPELINE_END
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return build_settings(state_dir=tmp_path_factory.mktemp("state"), history_days=DAYS)
+def settings(pipeline_settings: Settings) -> Settings:
+    return pipeline_settings
 
 
 @pytest.fixture(scope="module")
-def first_run(settings: Settings, prefect_harness: None) -> dict[str, Any]:
-    """Ingest the simulated history and refresh features, through the flows."""
-    from flows.features import features_flow
-    from flows.ingest import ingest_flow
-
-    state = str(settings.state_dir)
-    ingested = ingest_flow(source="simulator", days=DAYS, end=END.to_pydatetime(), state_dir=state)
-    features = features_flow(state_dir=state)
-    return {"ingest": ingested, "features": features}
+def first_run(pipeline_run: dict[str, Any]) -> dict[str, Any]:
+    """The simulated history ingested and featurized through the flows (conftest)."""
+    return pipeline_run
 
 
 @pytest.fixture(scope="module")
