@@ -194,8 +194,12 @@ RUNNERS: dict[str, Runner] = {
 # ------------------------------------------------------------------ the learned model
 
 
-HYBRID_MINUTES = 9.0
-"""Training budget of the hybrid (the issue's target: at most 10 minutes on 2 CPU cores)."""
+HYBRID_MINUTES = 9.5
+"""Training budget of the hybrid, all members (the target: at most 10 minutes on 2 cores)."""
+HYBRID_STEPS = 2000
+"""Steps per member: held-back loss stopped improving after about 1,600 steps in a 9-minute
+single-network run, so three shorter runs averaged use the budget better."""
+HYBRID_MEMBERS = 3
 INFERENCE_BATCH = 1000
 """Services per batch of the inference timing."""
 NAB_FILE = "nab_anomaly_windows.json"
@@ -251,6 +255,7 @@ class HybridRunner:
             "train_seconds": round(self.report.seconds, 1),
             "train_steps": self.report.steps,
             "best_step": self.report.best_step,
+            "member_best_steps": self.report.member_best_steps,
             "device": self.report.device,
             "threads": torch_threads(),
             "inference_1000_services_ms": round(self._inference_ms(all_series), 1),
@@ -519,15 +524,30 @@ def main(argv: list[str] | None = None) -> int:
         help=f"training budget of the hybrid in minutes (default {HYBRID_MINUTES})",
     )
     parser.add_argument(
-        "--hybrid-steps", type=int, default=20_000, help="at most this many training steps"
+        "--hybrid-steps",
+        type=int,
+        default=HYBRID_STEPS,
+        help=f"training steps per ensemble member (default {HYBRID_STEPS})",
+    )
+    parser.add_argument(
+        "--hybrid-members",
+        type=int,
+        default=HYBRID_MEMBERS,
+        help=f"networks in the hybrid's ensemble (default {HYBRID_MEMBERS})",
     )
     args = parser.parse_args(argv)
-    if args.hybrid_minutes <= 0 or args.hybrid_steps < 1:
-        parser.error("--hybrid-minutes must be > 0 and --hybrid-steps >= 1")
+    if args.hybrid_minutes <= 0 or args.hybrid_steps < 1 or args.hybrid_members < 1:
+        parser.error("--hybrid-minutes must be > 0, --hybrid-steps and --hybrid-members >= 1")
 
     from models.forecaster.train import TrainConfig
 
-    hybrid = HybridRunner(TrainConfig(max_minutes=args.hybrid_minutes, max_steps=args.hybrid_steps))
+    hybrid = HybridRunner(
+        TrainConfig(
+            max_minutes=args.hybrid_minutes,
+            max_steps=args.hybrid_steps,
+            members=args.hybrid_members,
+        )
+    )
     runners: dict[str, Runner] = {"hybrid": hybrid, **RUNNERS}
     available = [m for m in MODELS if m in runners]
     if args.models is None:
@@ -602,7 +622,8 @@ def format_hybrid(side: dict[str, Any]) -> str:
     """The hybrid's side results as text."""
     lines = [
         f"hybrid: trained {side['train_steps']} steps in {side['train_seconds']} s on "
-        f"{side['device']} ({side['threads']} threads), best step {side['best_step']}; "
+        f"{side['device']} ({side['threads']} threads), best step per member "
+        f"{side['member_best_steps']}; "
         f"inference for 1,000 services in one batch {side['inference_1000_services_ms']} ms",
     ]
     before, after = side["holdout_coverage_80_before"], side["holdout_coverage_80_after"]

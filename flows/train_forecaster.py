@@ -207,6 +207,7 @@ def train_forecaster_flow(
     start: datetime | None = None,
     end: datetime | None = None,
     hidden: int = 32,
+    members: int = 1,
     learning_rate: float = 3e-3,
     seed: int = 0,
     state_dir: str | None = None,
@@ -224,6 +225,7 @@ def train_forecaster_flow(
         start: Start of the range (overrides ``lookback_days``).
         end: End of the range (default: just after the newest stored minute).
         hidden: Width of the network.
+        members: Networks in the ensemble (trained from successive seeds, averaged).
         learning_rate: Peak learning rate.
         seed: Seed of sampling and initial weights.
         state_dir: State folder (default from settings / AUTOSCALER_STATE_DIR).
@@ -239,6 +241,7 @@ def train_forecaster_flow(
     config = TrainConfig(
         network=NetworkConfig(hidden=hidden, horizons=chosen, quantiles=QUANTILES),
         epochs=epochs,
+        members=members,
         max_minutes=max_minutes,
         learning_rate=learning_rate,
         seed=seed,

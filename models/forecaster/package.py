@@ -1,8 +1,9 @@
 """Saving, loading and the table interface of a trained forecaster.
 
-A saved forecaster is a folder: ``network.pt`` (the weights) and ``forecaster.json``
-(network shape, horizons, quantiles, conformal offsets per service and pooled, and the
-format version). Loading needs nothing else, so the MLflow pyfunc wraps this folder.
+A saved forecaster is a folder: ``network.pt`` (the weights of each ensemble member) and
+``forecaster.json`` (network shape, member count, horizons, quantiles, conformal offsets per
+service and pooled, and the format version). Loading needs nothing else, so the MLflow
+pyfunc wraps this folder.
 
 Table interface (what serving and the pyfunc call), one row per service:
 
@@ -51,6 +52,7 @@ def save(forecaster: Forecaster, folder: Path, extra: dict[str, Any] | None = No
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "network": forecaster.net.config.to_dict(),
+        "members": len(forecaster.nets),
         "calibration": None
         if cal is None
         else {
@@ -61,8 +63,10 @@ def save(forecaster: Forecaster, folder: Path, extra: dict[str, Any] | None = No
         },
         "extra": extra or {},
     }
-    state = {k: v.detach().cpu() for k, v in forecaster.net.state_dict().items()}
-    torch.save(state, folder / WEIGHTS)
+    members = [
+        {k: v.detach().cpu() for k, v in net.state_dict().items()} for net in forecaster.nets
+    ]
+    torch.save({"members": members}, folder / WEIGHTS)
     (folder / METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return folder
 
@@ -82,9 +86,16 @@ def load(folder: Path, device: str = "cpu") -> Forecaster:
             f"{folder}: forecaster format {meta.get('format_version')} is not "
             f"{FORMAT_VERSION}; retrain or upgrade the package"
         )
-    net = HybridForecaster(NetworkConfig.from_dict(meta["network"]))
+    config = NetworkConfig.from_dict(meta["network"])
     # weights_only: the file holds tensors only, so nothing else may be unpickled.
-    net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    saved = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    nets = []
+    for state in saved["members"]:
+        net = HybridForecaster(config)
+        net.load_state_dict(state)
+        nets.append(net)
+    if len(nets) != meta.get("members"):
+        raise ValueError(f"{folder}: {len(nets)} member networks saved, metadata says otherwise")
     c = meta["calibration"]
     cal = None
     if c is not None:
@@ -94,7 +105,7 @@ def load(folder: Path, device: str = "cpu") -> Forecaster:
             coverage_before=c["coverage_before"],
             coverage_after=c["coverage_after"],
         )
-    return Forecaster(net, cal, resolve_device(device))
+    return Forecaster(nets, cal, resolve_device(device))
 
 
 def _matrix(frame: pd.DataFrame, column: str, width: int) -> np.ndarray:

@@ -64,6 +64,7 @@ def training_params(config: TrainConfig) -> dict[str, Any]:
         "learning_rate": config.learning_rate,
         "weight_decay": config.weight_decay,
         "max_steps": config.max_steps,
+        "members": config.members,
         "epochs": config.epochs if config.epochs is not None else "",
         "max_minutes": config.max_minutes,
         "holdout_fraction": config.holdout_fraction,

@@ -54,6 +54,9 @@ class TrainConfig:
         max_steps: Optimiser steps at most.
         epochs: When set, passes over the training windows instead: the step count is
             ``ceil(epochs * windows / batch_size)`` (``max_steps`` is then ignored).
+        members: Networks trained from seeds ``seed, seed + 1, ...`` whose quantiles
+            are averaged (an ensemble); steps and epochs are per member, the time budget
+            is shared.
         max_minutes: Wall-clock budget of the optimisation loop; training stops at the
             first of this and ``max_steps``.
         holdout_fraction: Tail of each series' range held back for checkpoint choice and
@@ -71,6 +74,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     max_steps: int = 4000
     epochs: float | None = None
+    members: int = 1
     max_minutes: float = 8.0
     holdout_fraction: float = 0.2
     eval_every: int = 200
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 2, max_steps and eval_every >= 1")
         if not 0 < self.holdout_fraction < 0.5:
             raise ValueError("holdout_fraction must be in (0, 0.5)")
+        if self.members < 1:
+            raise ValueError("members must be >= 1")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError("epochs must be > 0 when set")
         if self.max_minutes <= 0 or self.learning_rate <= 0:
@@ -267,21 +273,38 @@ class TrainReport:
     train_windows: int
     holdout_windows: int
     history: list[tuple[int, float, float]] = field(default_factory=list)
+    member_best_steps: list[int] = field(default_factory=list)
 
 
 class Forecaster:
-    """A trained network with its calibration: the object serving and benchmarks use."""
+    """Trained networks with their calibration: the object serving and benchmarks use.
+
+    With several networks (an ensemble of members trained from different seeds) the
+    quantiles are the members' averages, which stay ascending; the calibration is that of
+    the ensemble's output.
+    """
 
     def __init__(
         self,
-        net: HybridForecaster,
+        nets: HybridForecaster | Sequence[HybridForecaster],
         calibration: Calibration | None,
         device: torch.device | None = None,
     ) -> None:
-        self.net = net
+        self.nets = [nets] if isinstance(nets, HybridForecaster) else list(nets)
+        if not self.nets:
+            raise ValueError("a forecaster needs at least one network")
+        configs = {(n.config.horizons, n.config.quantiles) for n in self.nets}
+        if len(configs) != 1:
+            raise ValueError("ensemble members must share horizons and quantiles")
         self.calibration = calibration
         self.device = device or torch.device("cpu")
-        self.net.to(self.device)
+        for n in self.nets:
+            n.to(self.device)
+
+    @property
+    def net(self) -> HybridForecaster:
+        """The first member (its configuration is every member's horizons and quantiles)."""
+        return self.nets[0]
 
     @property
     def horizons(self) -> tuple[int, ...]:
@@ -290,6 +313,12 @@ class Forecaster:
     @property
     def quantiles(self) -> tuple[float, ...]:
         return self.net.config.quantiles
+
+    def raw(self, inputs: ModelInputs) -> Array:
+        """Uncalibrated output in scale units, (n, H, Q): the members' mean."""
+        return np.mean(
+            [_raw_predict(n, inputs, self.device).astype(np.float64) for n in self.nets], axis=0
+        )
 
     def predict(
         self,
@@ -308,7 +337,7 @@ class Forecaster:
         Returns:
             (n, H, Q) float64, non-negative and ascending along the last axis.
         """
-        raw = _raw_predict(self.net, inputs, self.device).astype(np.float64)
+        raw = self.raw(inputs)
         if calibrated and self.calibration is not None and len(raw):
             raw = raw + self.calibration.offsets(names or [None] * len(raw))
         out = raw * inputs.scale.astype(np.float64)[:, None, None]
@@ -334,7 +363,7 @@ def calibrate(
         if not len(w):
             continue
         inputs = w.inputs(np.arange(len(w)), forecaster.horizons)
-        raw = _raw_predict(forecaster.net, inputs, forecaster.device).astype(np.float64)
+        raw = forecaster.raw(inputs)
         y = w.targets / inputs.scale.astype(np.float64)[:, None]  # scale units
         pooled_raw.append(raw)
         pooled_y.append(y)
@@ -403,6 +432,97 @@ def _offsets(raw: Array, y: Array, quantiles: Array) -> Array:
     return out
 
 
+@dataclass
+class _Member:
+    net: HybridForecaster
+    steps: int
+    best_step: int
+    best_loss: float
+    history: list[tuple[int, float, float]]
+
+
+def _train_member(
+    train_w: Sequence[Windows],
+    eval_sets: Sequence[tuple[ModelInputs, Array]],
+    config: TrainConfig,
+    *,
+    seed: int,
+    max_steps: int,
+    budget_s: float,
+    device: torch.device,
+    progress: Callable[[int, float, float], None] | None,
+) -> _Member:
+    """One network: AdamW, cosine decay, best held-back checkpoint kept."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    horizons = config.network.horizons
+    net = HybridForecaster(config.network).to(device)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    q_t = torch.tensor(config.network.quantiles, dtype=torch.float32, device=device)
+    qs = np.asarray(config.network.quantiles)
+
+    def holdout_loss() -> float:
+        losses = []
+        for inp, y in eval_sets:
+            diff = y[:, :, None] - _raw_predict(net, inp, device)
+            losses.append(float(np.nanmean(np.maximum(qs * diff, (qs - 1.0) * diff))))
+        return float(np.mean(losses))  # every series weighs the same
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    best_loss, best_step, best_state = math.inf, 0, snapshot()
+    history: list[tuple[int, float, float]] = []
+    t0 = time.perf_counter()
+    step = 0
+    running = 0.0
+    n_series = len(train_w)
+    while step < max_steps and time.perf_counter() - t0 < budget_s:
+        net.train()
+        # Series drawn evenly so a long trace does not drown a short one.
+        which = rng.integers(0, n_series, size=config.batch_size)
+        parts_in = []
+        parts_y = []
+        for k in np.unique(which):
+            count = int((which == k).sum())
+            idx = rng.integers(0, len(train_w[k]), size=count)
+            inp = train_w[k].inputs(idx, horizons)
+            parts_in.append(inp)
+            parts_y.append(train_w[k].targets[idx] / inp.scale[:, None])
+        batch = ModelInputs(*(np.concatenate([getattr(p, f) for p in parts_in]) for f in _FIELDS))
+        target = torch.from_numpy(np.concatenate(parts_y).astype(np.float32)).to(device)
+        # Cosine decay over whichever runs out first, steps or wall-clock budget, so a
+        # run cut short by time still ends at a low learning rate.
+        done = min(1.0, max(step / max_steps, (time.perf_counter() - t0) / budget_s))
+        lr = config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        pred = net(*_tensors(batch, device))
+        loss = _masked_pinball(pred, target, q_t)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        value = float(loss.detach())
+        running = 0.98 * running + 0.02 * value if step > 1 else value
+        if step % config.eval_every == 0 or step == max_steps:
+            h_loss = holdout_loss()
+            history.append((step, running, h_loss))
+            if h_loss < best_loss:
+                best_loss, best_step, best_state = h_loss, step, snapshot()
+            if progress is not None:
+                progress(step, running, h_loss)
+    if not history:
+        best_loss, best_step = holdout_loss(), step
+        history.append((step, running, best_loss))
+        best_state = snapshot()
+    net.load_state_dict(best_state)
+    return _Member(net, step, best_step, best_loss, history)
+
+
 def train(
     series: Sequence[SeriesData],
     config: TrainConfig,
@@ -425,8 +545,6 @@ def train(
     """
     if not series:
         raise ValueError("no series to train on")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
     horizons = config.network.horizons
     splits = []
@@ -440,16 +558,10 @@ def train(
         raise ValueError("no series is long enough to train on; give each more history")
     train_w = [t for t, _ in splits]
     hold_w = [h for _, h in splits]
-    net = HybridForecaster(config.network).to(device)
-    opt = torch.optim.AdamW(
-        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    q_t = torch.tensor(config.network.quantiles, dtype=torch.float32, device=device)
     n_windows = sum(len(w) for w in train_w)
     max_steps = config.max_steps
     if config.epochs is not None:
         max_steps = max(1, math.ceil(config.epochs * n_windows / config.batch_size))
-
     # A fixed held-back sample (at most 512 windows per series) scores checkpoints.
     eval_sets = []
     for w in hold_w:
@@ -457,84 +569,45 @@ def train(
         inp = w.inputs(idx, horizons)
         eval_sets.append((inp, w.targets[idx] / inp.scale[:, None]))
 
-    def holdout_loss() -> float:
-        losses = []
-        for inp, y in eval_sets:
-            pred = _raw_predict(net, inp, device)
-            diff = y[:, :, None] - pred
-            qs = np.asarray(config.network.quantiles)
-            pin = np.maximum(qs * diff, (qs - 1.0) * diff)
-            losses.append(float(np.nanmean(pin)))
-        return float(np.mean(losses))  # every series weighs the same
-
-    best = (math.inf, 0, {k: v.detach().clone() for k, v in net.state_dict().items()})
-    history: list[tuple[int, float, float]] = []
     t0 = time.perf_counter()
-    budget = config.max_minutes * 60.0
-    step = 0
-    running = 0.0
-    n_series = len(train_w)
-    while step < max_steps and time.perf_counter() - t0 < budget:
-        net.train()
-        # Series drawn evenly so a long trace does not drown a short one.
-        which = rng.integers(0, n_series, size=config.batch_size)
-        parts_in = []
-        parts_y = []
-        for k in np.unique(which):
-            count = int((which == k).sum())
-            idx = rng.integers(0, len(train_w[k]), size=count)
-            inp = train_w[k].inputs(idx, horizons)
-            parts_in.append(inp)
-            parts_y.append(train_w[k].targets[idx] / inp.scale[:, None])
-        batch = ModelInputs(*(np.concatenate([getattr(p, f) for p in parts_in]) for f in _FIELDS))
-        target = torch.from_numpy(np.concatenate(parts_y).astype(np.float32)).to(device)
-        # Cosine decay over whichever runs out first, steps or wall-clock budget, so a
-        # run cut short by time still ends at a low learning rate.
-        done = min(1.0, max(step / max_steps, (time.perf_counter() - t0) / budget))
-        lr = config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        pred = net(*_tensors(batch, device))
-        loss = _masked_pinball(pred, target, q_t)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        step += 1
-        value = float(loss.detach())
-        running = 0.98 * running + 0.02 * value if step > 1 else value
-        if step % config.eval_every == 0 or step == max_steps:
-            h_loss = holdout_loss()
-            history.append((step, running, h_loss))
-            if h_loss < best[0]:
-                best = (h_loss, step, {k: v.detach().clone() for k, v in net.state_dict().items()})
-            if progress is not None:
-                progress(step, running, h_loss)
+    nets: list[HybridForecaster] = []
+    members: list[_Member] = []
+    for m in range(config.members):
+        # Each member gets an equal share of what is left of the wall-clock budget.
+        left = config.max_minutes * 60.0 - (time.perf_counter() - t0)
+        member = _train_member(
+            train_w,
+            eval_sets,
+            config,
+            seed=config.seed + m,
+            max_steps=max_steps,
+            budget_s=max(left / (config.members - m), 1e-3),
+            device=device,
+            progress=progress,
+        )
+        nets.append(member.net)
+        members.append(member)
     seconds = time.perf_counter() - t0
-    if not history:
-        h_loss = holdout_loss()
-        history.append((step, running, h_loss))
-        best = (h_loss, step, {k: v.detach().clone() for k, v in net.state_dict().items()})
-    net.load_state_dict(best[2])
-    forecaster = Forecaster(net, None, device)
+    forecaster = Forecaster(nets, None, device)
     forecaster.calibration = calibrate(forecaster, hold_w)
     report = TrainReport(
-        steps=step,
+        steps=sum(m.steps for m in members),
         seconds=seconds,
-        best_step=best[1],
-        best_holdout_loss=best[0],
+        best_step=members[0].best_step,
+        best_holdout_loss=float(np.mean([m.best_loss for m in members])),
         device=str(device),
         train_windows=n_windows,
         holdout_windows=sum(len(w) for w in hold_w),
-        history=history,
+        history=[h for m in members for h in m.history],
+        member_best_steps=[m.best_step for m in members],
     )
     log.info(
-        "trained %d steps in %.1f s on %s, best held-back loss %.4f at step %d",
-        step,
+        "trained %d member(s), %d steps in %.1f s on %s, best steps %s",
+        len(members),
+        report.steps,
         seconds,
         device,
-        best[0],
-        best[1],
+        report.member_best_steps,
     )
     return forecaster, report
 

@@ -128,6 +128,8 @@ def test_hybrid_runs_beside_a_baseline_and_writes_its_side_results(
             "10",
             "--hybrid-steps",
             "3",
+            "--hybrid-members",
+            "2",
         ]
     )
     assert code == 0
@@ -136,8 +138,9 @@ def test_hybrid_runs_beside_a_baseline_and_writes_its_side_results(
     assert [r["horizon_min"] for r in hybrid] == [15, 60, 120]
     assert all(math.isfinite(r["wql"]) for r in hybrid)
     side = json.loads((tmp_path / "forecast.hybrid.json").read_text())
-    assert side["train_steps"] == 3
+    assert side["train_steps"] == 2 * 3
+    assert len(side["member_best_steps"]) == 2
     assert side["inference_1000_services_ms"] > 0
     assert set(side["holdout_coverage_80_after"]) == {"alpha_5min"}
     assert "anomaly" not in side  # no nyc_taxi trace here
-    assert "hybrid: trained 3 steps" in capsys.readouterr().out
+    assert "hybrid: trained 6 steps" in capsys.readouterr().out

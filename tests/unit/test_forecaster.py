@@ -282,6 +282,27 @@ def test_saved_forecaster_predicts_the_same(trained: Forecaster, tmp_path: Path)
         package.load(tmp_path)
 
 
+def test_an_ensemble_averages_its_members_and_round_trips(
+    trained: Forecaster, tmp_path: Path
+) -> None:
+    torch.manual_seed(3)
+    other = HybridForecaster(trained.net.config)
+    pair = Forecaster([trained.net, other], trained.calibration)
+    frame = package.example_frame(2)
+    w = cut_windows(SeriesData("sine", START, sinusoid(), N), np.arange(END, END + 50), HORIZONS)
+    inputs = w.inputs(np.arange(len(w)), HORIZONS)
+    expected = (trained.raw(inputs) + Forecaster(other, None).raw(inputs)) / 2
+    np.testing.assert_allclose(pair.raw(inputs), expected, rtol=1e-6)
+    loaded = package.load(package.save(pair, tmp_path / "pair"))
+    assert len(loaded.nets) == 2
+    pd.testing.assert_frame_equal(
+        package.predict_frame(pair, frame), package.predict_frame(loaded, frame)
+    )
+    with pytest.raises(ValueError, match="share horizons"):
+        short = HybridForecaster(NetworkConfig(hidden=16, heads=2, horizons=(5, 15)))
+        Forecaster([trained.net, short], None)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
