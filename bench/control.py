@@ -21,7 +21,6 @@ percentage, ``cost`` in the scenario's currency.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.cli import trace_bench_parser
 from bench.scenarios import Scenario, load_scenarios, scenario_trace
 from models.controller.base import Controller, LaneGroup, ScheduleController
 from models.controller.calibrate import Family, calibrate, grid, lanes, pick
@@ -326,17 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     from autoscaler.settings import build_settings
 
     settings = build_settings()
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.control", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--traces-dir",
-        type=Path,
-        default=settings.traces_dir,
-        help="directory of timestamp,value CSVs (default: settings traces_dir / TRACES_DIR)",
-    )
-    parser.add_argument(
-        "--json", type=Path, default=None, help="write the records here as a JSON list"
+    parser = trace_bench_parser(
+        "python -m bench.control", __doc__.split("\n\n")[0], settings.traces_dir
     )
     parser.add_argument(
         "--scenarios", type=Path, default=settings.scenarios_file, help="scenarios YAML"

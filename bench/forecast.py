@@ -32,7 +32,6 @@ traces of ``wql / wql(seasonal_naive_day)`` and the range of ``coverage_80``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.cli import trace_bench_parser
 from models.forecaster.baselines import BASELINES
 from models.forecaster.metrics import HorizonScore, mase_scale, score
 from models.forecaster.protocol import (
@@ -492,17 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     from autoscaler.settings import build_settings
 
     settings = build_settings()
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.forecast", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--traces-dir",
-        type=Path,
-        default=settings.traces_dir,
-        help="directory of timestamp,value CSVs (default: settings traces_dir / TRACES_DIR)",
-    )
-    parser.add_argument(
-        "--json", type=Path, default=None, help="write the records here as a JSON list"
+    parser = trace_bench_parser(
+        "python -m bench.forecast", __doc__.split("\n\n")[0], settings.traces_dir
     )
     parser.add_argument(
         "--models",
