@@ -124,10 +124,13 @@ def score(
     prepared = [p for p in (evaluate.prepare_holdout(s) for s in series) if p is not None]
     if not prepared:
         raise ValueError("no service has an evaluation origin; raise eval_days")
-    hybrid = evaluate.hybrid_forecasts(forecaster, prepared)
+    context = {s.name: s for s in series}
+    hybrid = evaluate.hybrid_forecasts(forecaster, prepared, context)
     forecasts: dict[str, dict[str, np.ndarray]] = {"hybrid": hybrid}
     forecasts.update(evaluate.baseline_forecasts(prepared))
-    champion = publish.champion_forecasts(registry_config(settings, publish.MODEL_NAME), prepared)
+    champion = publish.champion_forecasts(
+        registry_config(settings, publish.MODEL_NAME), prepared, context
+    )
     champion_version = None
     if champion is not None:
         champion_version, forecasts["champion"] = champion

@@ -426,11 +426,36 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def infer_signature(model_input: Any, model_output: Any) -> ModelSignature:
-    """MLflow's signature of an input and output example (``mlflow.models.infer_signature``)."""
-    from mlflow.models import infer_signature as infer
+def infer_signature(
+    model_input: Any, model_output: Any, optional: tuple[str, ...] = ()
+) -> ModelSignature:
+    """MLflow's signature of an input and output example (``mlflow.models.infer_signature``).
 
-    return infer(model_input, model_output)
+    Args:
+        model_input: Input example (a table holding every column, optional ones too).
+        model_output: Output example.
+        optional: Input columns callers may leave out. Columns absent from a signature
+            would be dropped by MLflow's input check, so optional inputs must be listed.
+
+    Returns:
+        The signature.
+    """
+    from mlflow.models import ModelSignature as Signature
+    from mlflow.models import infer_signature as infer
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    signature = infer(model_input, model_output)
+    if not optional:
+        return signature
+    inputs = signature.inputs
+    unknown = set(optional) - set(inputs.input_names())
+    if unknown:
+        raise ValueError(f"optional columns {sorted(unknown)} are not in the input example")
+    specs: list[ColSpec | TensorSpec] = [
+        ColSpec(spec.type, spec.name, required=spec.name not in optional)
+        for spec in inputs.inputs
+    ]
+    return Signature(inputs=Schema(specs), outputs=signature.outputs, params=signature.params)
 
 
 # --------------------------------------------------------------------------- aliases

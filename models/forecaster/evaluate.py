@@ -74,17 +74,41 @@ def _pick_levels(forecast: Array, quantiles: Sequence[float]) -> Array:
     return forecast[..., idx]
 
 
+def _as_series(
+    p: protocol.PreparedSeries, context: Mapping[str, SeriesData] | None
+) -> SeriesData:
+    """The prepared values with the calendar and criticality the model trained with."""
+    known = (context or {}).get(p.name)
+    return SeriesData(
+        p.name,
+        p.start,
+        np.asarray(p.series),
+        len(p.series),
+        calendar=None if known is None else known.calendar,
+        criticality=None if known is None else known.criticality,
+    )
+
+
 def hybrid_forecasts(
-    forecaster: Forecaster, prepared: Sequence[protocol.PreparedSeries]
+    forecaster: Forecaster,
+    prepared: Sequence[protocol.PreparedSeries],
+    context: Mapping[str, SeriesData] | None = None,
 ) -> dict[str, Array]:
-    """The hybrid's forecasts at each series' origins: (n, len(EVAL_HORIZONS), len(LEVELS))."""
+    """The hybrid's forecasts at each series' origins: (n, len(EVAL_HORIZONS), len(LEVELS)).
+
+    Args:
+        forecaster: The model.
+        prepared: Series and origins.
+        context: The training series by name, whose calendar (known future) and
+            criticality the forecasts use as training did; None for bare traces.
+    """
     missing = [h for h in EVAL_HORIZONS if h not in forecaster.horizons]
     if missing:
         raise ValueError(f"the forecaster has no horizons {missing}")
     cols = [forecaster.horizons.index(h) for h in EVAL_HORIZONS]
     out = {}
     for p in prepared:
-        data = SeriesData(p.name, p.start, np.asarray(p.series), len(p.series))
+        data = _as_series(p, context)
         w = cut_windows(data, p.origins - 1, forecaster.horizons, with_targets=False)
         fc = forecaster.predict_windows(w)[:, cols, :]
         out[p.name] = _pick_levels(fc, forecaster.quantiles)
@@ -92,7 +116,10 @@ def hybrid_forecasts(
 
 
 def frame_forecasts(
-    predict: FrameModel, prepared: Sequence[protocol.PreparedSeries]
+    predict: FrameModel,
+    prepared: Sequence[protocol.PreparedSeries],
+    horizons: Sequence[int],
+    context: Mapping[str, SeriesData] | None = None,
 ) -> dict[str, Array]:
     """Forecasts of a model behind the table interface (e.g. the registered champion).
 
@@ -100,16 +127,18 @@ def frame_forecasts(
         predict: Takes the forecaster input table, returns the output table
             (:mod:`models.forecaster.package`).
         prepared: Series and origins.
+        horizons: The model's horizons (the calendar columns hold one value per horizon).
+        context: Training series by name, for their calendar and criticality.
 
     Returns:
         Per series, (n, len(EVAL_HORIZONS), len(LEVELS)).
     """
-    from models.forecaster.package import column_name
+    from models.forecaster.package import CALENDAR_COLUMNS, column_name
 
     out = {}
     for p in prepared:
-        data = SeriesData(p.name, p.start, np.asarray(p.series), len(p.series))
-        w = cut_windows(data, p.origins - 1, EVAL_HORIZONS, with_targets=False)
+        data = _as_series(p, context)
+        w = cut_windows(data, p.origins - 1, tuple(horizons), with_targets=False)
         frame = pd.DataFrame(
             {
                 "service_id": [p.name] * len(w),
@@ -118,6 +147,11 @@ def frame_forecasts(
                 "hourly_events_7d": list(w.hourly.astype(np.float64)),
             }
         )
+        if w.calendar is not None:
+            for j, column in enumerate(CALENDAR_COLUMNS):
+                frame[column] = list(w.calendar[:, :, j])
+        if w.criticality is not None:
+            frame["criticality"] = w.criticality
         result = predict(frame)
         cube = np.stack(
             [

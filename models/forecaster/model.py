@@ -5,13 +5,14 @@ Architecture, in the order data flows (d = ``hidden``):
 1. **Static covariates** (scale, recent levels, criticality) go through a gated residual
    network (GRN) into a context vector ``c``. ``c`` initialises both LSTM encoders and
    conditions every decoder query, as TFT's static enrichment does.
-2. **Multi-scale LSTM encoders** over the observed past: one over the 168 clock hours of
-   the last week (daily and weekly cycles), one over the last 120 minutes in five-minute
-   steps (the current level and trend). Each step is first projected to d.
+2. **Multi-scale encoders** over the observed past: an LSTM over the last 48 clock hours
+   (the daily cycle; an LSTM's cost grows step by step, so not over all 168), an LSTM
+   over the last 120 minutes in five-minute steps (the current level and trend), and the
+   week as seven 24-hour aggregates (the weekly cycle). Each step is first projected to d.
 3. **Multi-head attention**: one query per horizon, built by a GRN from that horizon's
    known-future inputs (target time of day and week, calendar, same hour a day and a week
-   before), the context and the last minute-encoder state, attends over both encoded
-   sequences (type embeddings tell hours from minutes). A GLU gate decides how much of the
+   before), the context and the last minute-encoder state, attends over the days, hours
+   and minutes (type embeddings tell them apart). A GLU gate decides how much of the
    attention output is added to the query (TFT's gated skip), then a GRN.
 4. **Quantile heads**: per horizon, the median plus softplus-positive steps above and
    below it, so the quantiles never cross by construction. Outputs are in units of the

@@ -196,15 +196,25 @@ def input_from_online(online: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def example_frame(n: int = 2, seed: int = 0) -> pd.DataFrame:
-    """A small valid input table (the pyfunc's input example)."""
+OPTIONAL_COLUMNS: tuple[str, ...] = ("criticality", *CALENDAR_COLUMNS)
+"""Input columns a caller may leave out."""
+
+
+def example_frame(
+    n: int = 2, seed: int = 0, horizons: tuple[int, ...] | None = None
+) -> pd.DataFrame:
+    """A small valid input table (the pyfunc's input example).
+
+    With ``horizons``, it also carries the optional columns: criticality and an ordinary
+    day's calendar for each horizon.
+    """
     rng = np.random.default_rng(seed)
     ts = pd.Timestamp("2026-01-05 12:30")
     recent = [rng.poisson(30, RECENT_MINUTES).astype(float).tolist() for _ in range(n)]
     hourly = [(rng.poisson(30, HOURLY_HOURS) * 60.0).tolist() for _ in range(n)]
     for h in hourly:
         h[-1] = h[-1] * 31 / 60  # the partial hour at minute 30
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "service_id": [f"svc-{i}" for i in range(n)],
             "ts": [ts] * n,
@@ -212,6 +222,12 @@ def example_frame(n: int = 2, seed: int = 0) -> pd.DataFrame:
             "hourly_events_7d": hourly,
         }
     )
+    if horizons is not None:
+        frame["criticality"] = [float(1 + i % 3) for i in range(n)]
+        ordinary = {"is_holiday_ahead": 0.0, "business_event_ahead": 0.0, "multiplier_ahead": 1.0}
+        for column in CALENDAR_COLUMNS:
+            frame[column] = [[ordinary[column]] * len(horizons) for _ in range(n)]
+    return frame
 
 
 class Predictor:

@@ -15,6 +15,7 @@ range by :mod:`models.forecaster.evaluate`.
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ import pandas as pd
 
 from models import registry
 from models.forecaster import evaluate, package, protocol
-from models.forecaster.train import Forecaster, TrainConfig, TrainReport
+from models.forecaster.train import Forecaster, SeriesData, TrainConfig, TrainReport
 
 MODEL_NAME = "event-forecaster"
 LOADER = "models.forecaster.package:load_predictor"
@@ -34,9 +35,15 @@ MAX_PLOTS = 6
 
 
 def champion_forecasts(
-    config: registry.RegistryConfig, prepared: Sequence[protocol.PreparedSeries]
+    config: registry.RegistryConfig,
+    prepared: Sequence[protocol.PreparedSeries],
+    context: Mapping[str, SeriesData] | None = None,
 ) -> tuple[str, dict[str, np.ndarray]] | None:
-    """The current champion's forecasts on the evaluation origins, or None without one."""
+    """The current champion's forecasts on the evaluation origins, or None without one.
+
+    The champion is asked through its pyfunc, with the calendar and criticality of
+    ``context``, for the horizons its signature's example carries.
+    """
     version = registry.resolve_alias(config, MODEL_NAME, registry.CHAMPION)
     if version is None:
         return None
@@ -48,7 +55,17 @@ def champion_forecasts(
             raise TypeError(f"{MODEL_NAME} v{version} returned {type(out).__name__}, not a table")
         return out
 
-    return version, evaluate.frame_forecasts(predict, prepared)
+    horizons = _model_horizons(model)
+    return version, evaluate.frame_forecasts(predict, prepared, horizons, context)
+
+
+def _model_horizons(model: Any) -> tuple[int, ...]:
+    """Horizons of a registered forecaster, read from its output schema (``h<h>_q<pp>``)."""
+    names = model.metadata.get_output_schema().input_names()
+    found = sorted({int(n.split("_")[0][1:]) for n in names if re.match(r"^h\d+_q\d+$", n)})
+    if not found:
+        raise ValueError("the registered model's outputs name no horizons (h<h>_q<pp>)")
+    return tuple(found)
 
 
 def training_params(config: TrainConfig) -> dict[str, Any]:
@@ -110,8 +127,10 @@ def register(
     tags: Mapping[str, str] | None = None,
 ) -> registry.RegisteredVersion:
     """Log the run, register ``event-forecaster`` and point ``challenger`` at it."""
-    example = package.example_frame()
-    signature = registry.infer_signature(example, package.predict_frame(forecaster, example))
+    example = package.example_frame(horizons=forecaster.horizons)
+    signature = registry.infer_signature(
+        example, package.predict_frame(forecaster, example), optional=package.OPTIONAL_COLUMNS
+    )
     figures = {
         f"forecast_{p.name}.png": evaluate.plot_forecasts(p, hybrid[p.name])
         for p in list(prepared)[:MAX_PLOTS]

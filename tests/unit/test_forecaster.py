@@ -402,6 +402,13 @@ def test_registered_forecaster_round_trips_and_the_gate_judges_it(
     model = registry.load(cfg, f"models:/{publish.MODEL_NAME}@{registry.CHALLENGER}")
     frame = package.example_frame(3)
     pd.testing.assert_frame_equal(model.predict(frame), package.predict_frame(trained, frame))
+    # The optional columns reach the model (a holiday and a tier-1 service change it).
+    full = package.example_frame(3, horizons=trained.horizons)
+    full["is_holiday_ahead"] = [[1.0] * len(trained.horizons)] * 3
+    full["criticality"] = 1.0
+    through = model.predict(full)
+    pd.testing.assert_frame_equal(through, package.predict_frame(trained, full))
+    assert not np.allclose(through["h60_q50"], package.predict_frame(trained, frame)["h60_q50"])
 
     def scored(hybrid_wql: float, champion_wql: float | None) -> evaluate.Evaluation:
         rows = [
