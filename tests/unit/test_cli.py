@@ -17,7 +17,8 @@ from bench.control import CONTROLLERS
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 
 COMMANDS = {
-    "demo": "Ingest the simulated history, then run every controller on the synthetic",
+    "demo": "Ingest the simulated history, train and register the forecaster, then run",
+    "train-forecaster": "Train the event forecaster on the feature store, register it",
     "bench": "Control benchmark over every trace in TRACES_DIR plus the synthetic scenarios.",
     "check-trace": "Validate a trace CSV and describe it (interval, span, one-minute steps).",
     "sim-speed": "Measure simulator throughput in service-steps per second.",
