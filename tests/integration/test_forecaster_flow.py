@@ -18,7 +18,11 @@ from autoscaler.settings import Settings
 from models import registry
 from models.forecaster import package, publish
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # MLflow's SQL store uses a SQLAlchemy loader strategy deprecated in SQLAlchemy 2.1.
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
+]
 
 QUICK: dict[str, Any] = {"epochs": 0.5, "max_minutes": 1.0, "eval_days": 1.0, "hidden": 16}
 
