@@ -237,7 +237,7 @@ def train_forecaster_flow(
         Version, gate decision and the gate's scores.
     """
     settings = build_settings(state_dir=Path(state_dir) if state_dir else None)
-    chosen = tuple(horizons) if horizons else HORIZONS
+    chosen = tuple(sorted(set(horizons))) if horizons else HORIZONS
     missing = [h for h in evaluate.EVAL_HORIZONS if h not in chosen]
     if missing:
         raise ValueError(f"horizons must include the evaluated horizons {missing}")

@@ -68,6 +68,10 @@ class NetworkConfig:
             raise ValueError("quantiles must lie in (0, 1)")
         if not self.horizons or min(self.horizons) < 1:
             raise ValueError("horizons must be positive minutes")
+        # Ascending, so per-horizon inputs (the calendar ahead) line up with the output
+        # columns whatever order a caller lists them in.
+        if list(self.horizons) != sorted(set(self.horizons)):
+            raise ValueError(f"horizons must be strictly ascending, got {self.horizons}")
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (tuples become lists)."""

@@ -42,7 +42,7 @@ def champion_forecasts(
     """The current champion's forecasts on the evaluation origins, or None without one.
 
     The champion is asked through its pyfunc, with the calendar and criticality of
-    ``context``, for the horizons its signature's example carries.
+    ``context``, for the horizons its output schema names.
     """
     version = registry.resolve_alias(config, MODEL_NAME, registry.CHAMPION)
     if version is None:

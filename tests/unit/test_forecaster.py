@@ -174,6 +174,8 @@ def test_network_config_is_checked_and_round_trips() -> None:
         NetworkConfig(quantiles=(0.1, 0.9))
     with pytest.raises(ValueError, match="divisible"):
         NetworkConfig(hidden=10, heads=4)
+    with pytest.raises(ValueError, match="ascending"):
+        NetworkConfig(horizons=(60, 15))
 
 
 def test_predictions_are_sorted_and_non_negative(trained: Forecaster) -> None:
