@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.forecaster.train import Forecaster
 from models.forecaster.windows import build_inputs, shift_back
 
 WIDTH_FLOOR = 0.05
@@ -39,7 +40,7 @@ def anomaly_score(y: Array, lo: Array, hi: Array, scale: Array) -> Array:
 
 
 def latest_scores(
-    forecaster: object,
+    forecaster: Forecaster,
     recent: Array,
     hourly: Array,
     ts_minute: Array,
@@ -49,8 +50,8 @@ def latest_scores(
     """Score each row's newest minute against the forecast made ``lead`` minutes before.
 
     Args:
-        forecaster: A :class:`models.forecaster.train.Forecaster` whose horizons include
-            ``lead`` and whose quantiles include 0.05 and 0.95.
+        forecaster: A forecaster whose horizons include ``lead`` and whose quantiles
+            include 0.05 and 0.95.
         recent: (n, 120) recent minutes (last = the minute scored).
         hourly: (n, 168) hourly sums.
         ts_minute: (n,) last observed minute.
@@ -60,10 +61,6 @@ def latest_scores(
     Returns:
         (n,) scores.
     """
-    from models.forecaster.train import Forecaster
-
-    if not isinstance(forecaster, Forecaster):
-        raise TypeError("forecaster must be a models.forecaster.train.Forecaster")
     if lead not in forecaster.horizons:
         raise ValueError(f"lead {lead} is not one of the model's horizons {forecaster.horizons}")
     qs = forecaster.quantiles

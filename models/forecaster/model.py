@@ -198,17 +198,3 @@ def _monotone(raw: torch.Tensor, median_index: int) -> torch.Tensor:
     down = torch.cumsum(below, dim=-1).flip(-1)
     return torch.cat([median - down, median, median + up], dim=-1)
 
-
-def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
-    """Mean pinball (quantile) loss.
-
-    Args:
-        pred: (B, H, Q) predicted quantiles.
-        target: (B, H) observed values (same units).
-        quantiles: (Q,) levels.
-
-    Returns:
-        Scalar mean over batch, horizons and quantiles.
-    """
-    diff = target.unsqueeze(-1) - pred
-    return torch.maximum(quantiles * diff, (quantiles - 1.0) * diff).mean()
