@@ -293,6 +293,7 @@ def log_and_register(
     tags: Mapping[str, str],
     run_name: str | None = None,
     pip_requirements: list[str] | None = None,
+    run_id: str | None = None,
 ) -> RegisteredVersion:
     """Log one run with the model, register it and point ``challenger`` at the new version.
 
@@ -312,6 +313,8 @@ def log_and_register(
         run_name: Run name shown in the MLflow UI; MLflow picks one when None.
         pip_requirements: Requirements written with the model; None lets MLflow infer
             them, which loads the model in a subprocess (a few seconds).
+        run_id: Continue this run (e.g. the one training logged its curves to, see
+            :func:`training_run`) instead of starting a new one.
 
     Returns:
         The registered version.
@@ -333,7 +336,9 @@ def log_and_register(
 
     with (
         tracking(config) as experiment_id,
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+        mlflow.start_run(
+            run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name
+        ) as run,
     ):
         mlflow.set_tags(dict(tags))
         if params:
@@ -361,6 +366,31 @@ def log_and_register(
     return RegisteredVersion(
         name=model_name, version=version, run_id=run_id, model_uri=version_uri(model_name, version)
     )
+
+
+@contextmanager
+def training_run(
+    config: RegistryConfig, run_name: str | None = None
+) -> Iterator[tuple[str, Callable[[dict[str, float], int], None]]]:
+    """An MLflow run to log training curves to, later continued by :func:`log_and_register`.
+
+    Yields:
+        The run id and a ``log(metrics, step)`` function for training callbacks
+        (non-finite values are skipped: a curve with a NaN point is still a curve).
+    """
+    import mlflow
+
+    with (
+        tracking(config) as experiment_id,
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+    ):
+        run_id = run.info.run_id
+
+        def log(metrics: dict[str, float], step: int) -> None:
+            finite = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+            mlflow.log_metrics(finite, step=int(step), run_id=run_id)
+
+        yield run_id, log
 
 
 # ------------------------------------------------------------------- folder-backed pyfunc
@@ -452,8 +482,7 @@ def infer_signature(
     if unknown:
         raise ValueError(f"optional columns {sorted(unknown)} are not in the input example")
     specs: list[ColSpec | TensorSpec] = [
-        ColSpec(spec.type, spec.name, required=spec.name not in optional)
-        for spec in inputs.inputs
+        ColSpec(spec.type, spec.name, required=spec.name not in optional) for spec in inputs.inputs
     ]
     return Signature(inputs=Schema(specs), outputs=signature.outputs, params=signature.params)
 
@@ -598,6 +627,7 @@ def promotion_gate(
     lower_is_better: bool = True,
     min_improvement: float = 0.0,
     champion_version: str | None = None,
+    requirements: Mapping[str, str | None] | None = None,
 ) -> GateDecision:
     """Promote the challenger to ``champion`` only if it beats the champion and every baseline.
 
@@ -623,6 +653,10 @@ def promotion_gate(
             opponent's score); 0 means strictly better.
         champion_version: The version ``champion_score`` belongs to; when given, the gate
             refuses to run if the champion has moved since (e.g. a promotion in the UI).
+        requirements: Conditions besides the metric, checked by the caller on the same
+            data (e.g. "SLA at least the champion's on every trace"): name -> None when
+            met, else one sentence saying how it failed. Any failure refuses the
+            promotion; each is tagged ``gate.requirement.<name>``.
 
     Returns:
         The decision.
@@ -674,11 +708,16 @@ def promotion_gate(
     direction = "lower" if lower_is_better else "higher"
     margin = f" by at least {min_improvement:.1%}" if min_improvement else ""
     listed = ", ".join(f"{who} {score:.6g}" for who, score in (lost or opponents))
-    promoted = not lost
+    failed = {k: v for k, v in (requirements or {}).items() if v is not None}
+    for name in requirements or {}:
+        _check_key("requirement", name)
+    promoted = not lost and not failed
     reason = (
         f"challenger v{challenger_version} {metric}={challenger:.6g} "
-        f"{'is' if promoted else 'is not'} {direction}{margin} than {listed}"
+        f"{'is' if not lost else 'is not'} {direction}{margin} than {listed}"
     )
+    if failed:
+        reason += "; requirements failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
 
     gate_tags = {
         "gate.decision": "promoted" if promoted else "refused",
@@ -688,6 +727,8 @@ def promotion_gate(
         "gate.lower_is_better": str(lower_is_better).lower(),
         "gate.min_improvement": str(min_improvement),
     }
+    for name, failure in (requirements or {}).items():
+        gate_tags[f"gate.requirement.{name}"] = "met" if failure is None else f"failed: {failure}"
     if version.run_id:
         from mlflow.entities import Metric, RunTag
 

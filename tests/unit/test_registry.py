@@ -34,6 +34,7 @@ from models.registry import (
     rollback,
     set_alias,
     tracking,
+    training_run,
 )
 
 if TYPE_CHECKING:
@@ -309,6 +310,63 @@ def test_gate_refuses_worse_challenger_and_keeps_champion(config: RegistryConfig
     version_tags = client(config).get_model_version("gate-worse", second).tags
     assert version_tags["gate.decision"] == "refused"
     assert version_tags["gate.reason"] == decision.reason
+
+
+def test_gate_requirement_failure_refuses_a_better_challenger(config: RegistryConfig) -> None:
+    first, second, third = bare_versions(config, "gate-req", 3)
+    gate(config, "gate-req", first, 0.5)
+
+    decision = gate(
+        config,
+        "gate-req",
+        second,
+        0.4,
+        champion_score=0.5,
+        requirements={"sla": "trace a 98.000% < 99.000%", "budget": None},
+    )
+
+    assert not decision.promoted
+    assert "requirements failed: sla: trace a 98.000% < 99.000%" in decision.reason
+    assert resolve_alias(config, "gate-req", CHAMPION) == first
+    tags = run_data(config, "gate-req", second).tags
+    assert tags["gate.requirement.sla"] == "failed: trace a 98.000% < 99.000%"
+    assert tags["gate.requirement.budget"] == "met"
+    assert tags["gate.decision"] == "refused"
+    # Every requirement met: the metric decides as before.
+    decision = gate(config, "gate-req", third, 0.4, champion_score=0.5, requirements={"sla": None})
+    assert decision.promoted
+    assert run_data(config, "gate-req", third).tags["gate.requirement.sla"] == "met"
+
+
+def test_training_run_curves_and_registration_share_one_run(
+    config: RegistryConfig, tmp_path: Path
+) -> None:
+    with training_run(config, run_name="curves") as (run_id, log):
+        for step in range(3):
+            log({"reward": -1.0 + step, "nan_point": float("nan")}, step * 100)
+    artifact = tmp_path / "factor.json"
+    artifact.write_text(json.dumps({"factor": 4.0}))
+    from mlflow.models import infer_signature
+
+    version = log_and_register(
+        config,
+        model_name="curve-model",
+        python_model=multiplier_class()(),
+        artifacts={"multiplier": str(artifact)},
+        signature=infer_signature(INPUT, INPUT.rename(columns={"x": "y"})),
+        input_example=INPUT,
+        params={"factor": 4.0},
+        metrics={"final": 1.0},
+        figures={},
+        tags={},
+        pip_requirements=["mlflow"],
+        run_id=run_id,
+    )
+    assert version.run_id == run_id
+    history = client(config).get_metric_history(run_id, "reward")
+    assert [(m.step, m.value) for m in history] == [(0, -1.0), (100, 0.0), (200, 1.0)]
+    assert client(config).get_metric_history(run_id, "nan_point") == []
+    assert client(config).get_run(run_id).data.metrics["final"] == 1.0
 
 
 def test_gate_promotes_better_challenger(config: RegistryConfig) -> None:
