@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 
 from models.controller.base import Controller, Observation
 from simulator.cluster import ClusterSimulator, StepRecord
-from simulator.config import ClusterParams
+from simulator.config import ClusterParams, ServiceConfig
 from simulator.metrics import SimLog
 from simulator.run import DEFAULT_START, check_arrivals
 
@@ -39,6 +40,12 @@ class ForecastArrays:
             raise ValueError(
                 "forecast values must have shape (T, S, len(horizons), len(quantiles))"
             )
+
+
+def initial_jobs(first_minute: float, service: ServiceConfig) -> int:
+    """Jobs every controller starts with: enough for the first minute at 80% load."""
+    need = math.ceil(first_minute / (service.job_step_capacity * 0.8))
+    return int(min(max(need, service.min_jobs, 1), service.max_jobs))
 
 
 def _observation(
