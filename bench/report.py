@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.control import CONTROLLERS, ScenarioResult, format_table
+from bench.control import ScenarioResult, format_table
 
 PLOT_DAYS = 2
 """Days of the evaluation range plotted (the start), so single minutes stay visible."""
@@ -26,7 +26,8 @@ def plot_scenario(result: ScenarioResult, path: Path) -> Path:
     steps = min(log.n_steps, PLOT_DAYS * 1440)
     ts = log.timestamps[:steps]
     need = log.arrivals[:steps, 0] / log.params.job_step_capacity[0]
-    fig, axes = plt.subplots(len(CONTROLLERS), 1, figsize=(12, 2.1 * len(CONTROLLERS)), sharex=True)
+    n = len(result.runs)  # ppo runs only where a policy was trained or given
+    fig, axes = plt.subplots(n, 1, figsize=(12, 2.1 * n), sharex=True)
     for lane, (ax, run) in enumerate(zip(np.atleast_1d(axes), result.runs, strict=True)):
         ax.plot(ts, need, color="0.6", lw=0.7, label="demand (jobs needed)")
         ax.step(

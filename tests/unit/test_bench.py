@@ -15,9 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.control import CONTROLLERS, JSON_KEYS, ScenarioResult, main, run_scenario
+from bench.control import (
+    CONTROLLERS,
+    JSON_KEYS,
+    ScenarioResult,
+    evaluate_scenario,
+    main,
+    prepare_scenario,
+)
 from bench.scenarios import Scenario, ScenarioError, load_scenarios, scenario_trace
 from bench.sim_speed import measure
+from models.controller.ppo import PPOConfig, train_ppo
 from models.controller.providers import PROVIDERS
 from simulator.traces import TraceError
 
@@ -239,16 +247,34 @@ def small_scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     return sc
 
 
+# A few PPO updates: enough to exercise the ppo lane, not to make it good.
+TINY_PPO = PPOConfig(
+    total_timesteps=512, n_envs=4, n_steps=64, batch_size=128, n_epochs=1, episode_steps=60
+)
+
+
 @pytest.fixture(scope="module")
 def result(small_scenario: Scenario) -> ScenarioResult:
-    return run_scenario(small_scenario, keep_logs=True)
+    prepared = prepare_scenario(small_scenario)
+    policy, _ = train_ppo([prepared.training_source()], TINY_PPO)
+    return evaluate_scenario(prepared, policy, keep_logs=True)
 
 
 @pytest.mark.slow
 def test_run_scenario_records_have_the_documented_keys(result: ScenarioResult) -> None:
     records = result.records()
     assert [r["controller"] for r in records] == list(CONTROLLERS)
-    assert set(CONTROLLERS) == {"static", "static-peak", "hpa", "keda", "predictive", "oracle"}
+    assert set(CONTROLLERS) == {
+        "static",
+        "static-peak",
+        "hpa",
+        "keda",
+        "predictive",
+        "ppo",
+        "oracle",
+    }
+    assert result.learning["decisions"] == result.eval_steps
+    assert 0 < result.learning["decision_ms_p50"] <= result.learning["decision_ms_p99"]
     for rec in records:
         assert tuple(rec) == JSON_KEYS
         assert set(rec) == {
@@ -328,9 +354,15 @@ def test_main_writes_json_and_prints_the_table(
             str(out),
             "--workers",
             "1",
+            "--no-forecaster",
+            "--ppo-timesteps",
+            "512",
         ]
     )
     assert code == 0
+    side = json.loads((out.parent / "records.json.learning.json").read_text())
+    assert side["ppo_timesteps"] >= 512
+    assert side["scenarios"]["small_5min"]["decisions"] > 0
     records = json.loads(out.read_text())
     assert isinstance(records, list)
     assert [r["controller"] for r in records] == list(CONTROLLERS)
@@ -342,7 +374,7 @@ def test_main_writes_json_and_prints_the_table(
         assert column in header
     rows = [line for line in printed.splitlines() if line.startswith("small_5min")]
     assert [row.split()[1] for row in rows] == list(CONTROLLERS)
-    assert f"wrote 6 records to {out}" in printed
+    assert f"wrote 7 records to {out}" in printed
 
 
 def test_main_rejects_an_unknown_scenario_name(tmp_path: Path) -> None:
