@@ -16,12 +16,15 @@ import typer
 from autoscaler.settings import Settings, build_settings
 
 if TYPE_CHECKING:
-    from bench.control import ScenarioResult
+    from bench.control import Learning, ScenarioResult
     from bench.scenarios import Scenario
 
 DEMO_EPOCHS = 1.0
 """Quick demo training: one pass over the windows of 14 days x 3 services."""
 DEMO_TRAIN_MINUTES = 2.0
+DEMO_PPO_TIMESTEPS = 150_000
+"""Quick demo PPO run: a few dozen updates, about a minute on 2 cores."""
+DEMO_PPO_MINUTES = 1.5
 
 app = typer.Typer(
     help=(
@@ -34,7 +37,9 @@ app = typer.Typer(
 )
 
 
-def _run_with_progress(scenarios: list[Scenario], workers: int) -> list[ScenarioResult]:
+def _run_with_progress(
+    scenarios: list[Scenario], workers: int, learning: Learning | None = None
+) -> list[ScenarioResult]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.control import run_benchmark
@@ -51,7 +56,14 @@ def _run_with_progress(scenarios: list[Scenario], workers: int) -> list[Scenario
             progress.console.print(f"  done: {res.name} ({res.eval_steps} steps scored)")
             progress.advance(task)
 
-        return run_benchmark(scenarios, workers=workers, progress=advance, keep_logs=True)
+        return run_benchmark(
+            scenarios,
+            workers=workers,
+            progress=advance,
+            keep_logs=True,
+            learning=learning,
+            log=progress.console.print,
+        )
 
 
 @app.command()
@@ -62,14 +74,16 @@ def demo(
         True, help="First ingest the simulated history and refresh features (Prefect flows)."
     ),
 ) -> None:
-    """Ingest the simulated history, train and register the forecaster, then run every
-    controller on the synthetic scenarios and write a report.
+    """Ingest the simulated history, train and register the forecaster and the controller,
+    then run every controller on the synthetic scenarios and write a report.
 
     The pipeline step runs the ingest flow (Great Expectations validation into the offline
-    store), the features flow (Feast apply and materialize) and the train-forecaster flow
-    (quick settings; MLflow registry in the state folder, promotion gate). The scenarios
-    come from the scenarios file (synthetic ones only, so a fresh clone needs no trace
-    files). Prints the benchmark table and the report's path.
+    store), the features flow (Feast apply and materialize), the train-forecaster flow
+    (quick settings; MLflow registry in the state folder, promotion gate) and the
+    train-controller flow (a short PPO run on the synthetic scenarios, registered and
+    gated); the registered controller is then scored as ``ppo``. The scenarios come from
+    the scenarios file (synthetic ones only, so a fresh clone needs no trace files).
+    Prints the benchmark table and the report's path.
     """
     from bench.control import format_table
     from bench.report import write_report
@@ -77,16 +91,24 @@ def demo(
 
     settings = build_settings(state_dir=state_dir)
     settings.ensure_dirs()
+    learning = None
     if pipeline:
         typer.echo("Ingesting the simulated history through the ingest and features flows")
         _run_pipeline(settings, "simulator", None, full=False)
         typer.echo("Training the event forecaster (quick settings) and registering it in MLflow")
         _train_forecaster(settings, epochs=DEMO_EPOCHS, max_minutes=DEMO_TRAIN_MINUTES)
+        typer.echo("Training the PPO controller (short run) and registering it in MLflow")
+        _train_controller(
+            settings,
+            timesteps=DEMO_PPO_TIMESTEPS,
+            max_minutes=DEMO_PPO_MINUTES,
+            synthetic_only=True,
+        )
     scenarios = load_scenarios(settings.scenarios_file, traces_dir=None)
     typer.echo(
         f"Running {len(scenarios)} synthetic scenarios: {', '.join(s.name for s in scenarios)}"
     )
-    results = _run_with_progress(scenarios, workers)
+    results = _run_with_progress(scenarios, workers, learning)
     typer.echo(format_table(results))
     out = settings.reports_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     index = write_report(results, out)
@@ -104,14 +126,15 @@ def bench(
 
     Same as ``python -m bench.control``, with progress and a report.
     """
-    from bench.control import format_table
+    from bench.control import Learning, format_table
     from bench.report import write_report
     from bench.scenarios import load_scenarios
 
     settings: Settings = build_settings(traces_dir=traces_dir)
     settings.ensure_dirs()
     scenarios = load_scenarios(settings.scenarios_file, settings.traces_dir)
-    results = _run_with_progress(scenarios, workers)
+    # As ``python -m bench.control``: the forecaster and PPO learn on the histories first.
+    results = _run_with_progress(scenarios, workers, Learning())
     typer.echo(format_table(results))
     if json_path is not None:
         records = [rec for res in results for rec in res.records()]
@@ -178,6 +201,70 @@ def _train_forecaster(settings: Settings, epochs: float, max_minutes: float) -> 
     typer.echo(f"  gate metric (mean wQL over services and 15/60/120 min): {shown}")
     typer.echo(f"  MLflow: {settings.mlflow_uri} (mlflow ui --backend-store-uri <that>)")
     return result
+
+
+def _train_controller(
+    settings: Settings,
+    timesteps: int,
+    max_minutes: float,
+    synthetic_only: bool = False,
+    mode: str = "residual",
+) -> dict[str, Any]:
+    """Run the train-controller flow and print what it registered and decided."""
+    _prefect_ready(settings)
+    from flows.train_controller import train_controller_flow
+
+    traces = None
+    if synthetic_only:
+        from bench.scenarios import load_scenarios
+
+        traces = [s.name for s in load_scenarios(settings.scenarios_file, traces_dir=None)]
+    result = train_controller_flow(
+        timesteps=timesteps,
+        max_minutes=max_minutes,
+        mode=mode,
+        traces=traces,
+        state_dir=str(settings.state_dir),
+    )
+    typer.echo(
+        f"scaling-controller v{result['version']} "
+        f"({'now champion' if result['promoted'] else 'challenger only'}): {result['reason']}"
+    )
+    typer.echo(
+        f"  PPO: {result['timesteps']} steps in {result['train_seconds']:.0f} s, "
+        f"forecasts from the {result['forecasts']}"
+    )
+    return result
+
+
+def _registered_policy(settings: Settings, version: str) -> Learning:
+    """Score a registered controller version as ``ppo`` (no training in the benchmark)."""
+    from autoscaler.runtime import registry_config
+    from bench.control import Learning
+    from models import registry
+    from models.controller import publish
+
+    uri = registry.version_uri(publish.MODEL_NAME, version)
+    policy, _ = publish.load_policy(registry_config(settings, publish.MODEL_NAME), uri)
+    return Learning(forecaster_minutes=None, ppo=None, policy=policy, policy_label=uri)
+
+
+@app.command("train-controller")
+def train_controller(
+    timesteps: int = typer.Option(2_000_000, min=1, help="PPO environment steps at most."),
+    max_minutes: float = typer.Option(14.0, min=0.1, help="Wall-clock budget of the training."),
+    mode: str = typer.Option("residual", help="residual (adjust the rule) or direct."),
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+) -> None:
+    """Train the PPO controller in the simulator, register it and run the promotion gate.
+
+    Same as the train-controller Prefect flow (the Prefect UI shows every parameter).
+    """
+    if mode not in ("residual", "direct"):
+        raise typer.BadParameter("mode must be residual or direct", param_hint="--mode")
+    settings = build_settings(state_dir=state_dir)
+    settings.ensure_dirs()
+    _train_controller(settings, timesteps=timesteps, max_minutes=max_minutes, mode=mode)
 
 
 @app.command("train-forecaster")
