@@ -84,11 +84,45 @@ class PredictiveController:
             raise ValueError("hold_steps must be >= 0")
         self._params: ClusterParams | None = None
         self._recent = np.zeros((1, 1), dtype=np.int64)
+        self._layouts: dict[tuple[tuple[float, ...], tuple[int, ...]], tuple[np.ndarray, ...]]
+        self._layouts = {}
+        self._window = np.ones((1, 1), dtype=bool)
 
     def reset(self, params: ClusterParams) -> None:
         self._params = params
+        self._layouts = {}
         width = int(np.max(self.hold_steps)) + 1
         self._recent = np.zeros((params.n_services, width), dtype=np.int64)
+        self._window = (
+            np.arange(width)[None, :]
+            <= np.broadcast_to(self.hold_steps, (params.n_services,))[:, None]
+        )
+
+    def _layout(
+        self, quantiles: tuple[float, ...], horizons: tuple[int, ...]
+    ) -> tuple[np.ndarray, ...]:
+        """Per lane, the index of its quantile level, and the governed horizons (S, H).
+
+        Checked once per forecast layout (levels and horizons), not every step.
+        """
+        key = (tuple(quantiles), tuple(horizons))
+        cached = self._layouts.get(key)
+        if cached is not None:
+            return cached
+        p = self._params
+        assert p is not None
+        n = p.n_services
+        levels = np.asarray(quantiles)
+        q_idx = np.searchsorted(levels, np.broadcast_to(self.level, (n,)) - 1e-9)
+        if np.any(q_idx >= len(levels)) or not np.allclose(
+            levels[np.minimum(q_idx, len(levels) - 1)], np.broadcast_to(self.level, (n,))
+        ):
+            raise ValueError(f"quantile_level must be one of the forecast levels {quantiles}")
+        governed = np.asarray(horizons)[None, :] <= (p.startup_steps[:, None] + 2)
+        if not governed.any(axis=1).all():
+            raise ValueError("the forecast must include horizons 1 .. startup_steps + 2")
+        self._layouts[key] = (q_idx, governed)
+        return q_idx, governed
 
     def decide(self, obs: Observation) -> np.ndarray:
         p = self._params
@@ -97,17 +131,8 @@ class PredictiveController:
         if obs.forecast is None:
             raise ValueError("the predictive rule needs forecasts in the observation")
         n = p.n_services
-        levels = np.asarray(obs.quantiles)
-        q_idx = np.searchsorted(levels, np.broadcast_to(self.level, (n,)) - 1e-9)
-        if np.any(q_idx >= len(levels)) or not np.allclose(
-            levels[np.minimum(q_idx, len(levels) - 1)], np.broadcast_to(self.level, (n,))
-        ):
-            raise ValueError(f"quantile_level must be one of the forecast levels {obs.quantiles}")
+        q_idx, governed = self._layout(obs.quantiles, obs.horizons)
         fc = np.asarray(obs.forecast, dtype=np.float64)[np.arange(n), :, q_idx]  # (S, H)
-        horizons = np.asarray(obs.horizons)
-        governed = horizons[None, :] <= (p.startup_steps[:, None] + 2)
-        if not governed.any(axis=1).all():
-            raise ValueError("the forecast must include horizons 1 .. startup_steps + 2")
         upper = np.max(np.where(governed, fc, 0.0), axis=1)
         cap = p.job_step_capacity
         drain_steps = np.maximum(self.drain_fraction * p.wait_budget_s / STEP_S, 1e-3)
@@ -117,9 +142,5 @@ class PredictiveController:
         raw = np.clip(raw, p.min_jobs, p.max_jobs)
         self._recent = np.roll(self._recent, 1, axis=1)
         self._recent[:, 0] = raw.astype(np.int64)
-        window = (
-            np.arange(self._recent.shape[1])[None, :]
-            <= np.broadcast_to(self.hold_steps, (n,))[:, None]
-        )
         # Only steps already seen count; fresh columns are zero, which max ignores.
-        return np.asarray(np.max(np.where(window, self._recent, 0), axis=1))
+        return np.asarray(np.max(np.where(self._window, self._recent, 0), axis=1))
