@@ -23,7 +23,7 @@ from gymnasium import spaces
 
 from models.controller.base import Observation
 from models.controller.policy_inputs import GAP_BOUND, N_FEATURES, level_indices, policy_features
-from models.controller.rollout import initial_jobs
+from models.controller.rollout import initial_jobs, observe
 from models.controller.rules import PredictiveController
 from models.controller.shield import SafetyShield, ShieldConfig
 from simulator.cluster import ClusterSimulator, StepRecord
@@ -173,11 +173,11 @@ class ScalingCore:
         sources: Sequence[EpisodeSource],
         n_lanes: int,
         episode_steps: int,
-        mode: str,
-        action_limit: int,
-        weights: RewardWeights,
-        randomization: Randomization,
-        shield: ShieldConfig | None,
+        mode: str = "residual",
+        action_limit: int = 4,
+        weights: RewardWeights | None = None,
+        randomization: Randomization | None = None,
+        shield: ShieldConfig | None = ShieldConfig(),
     ) -> None:
         if not sources:
             raise ValueError("at least one episode source is needed")
@@ -197,8 +197,8 @@ class ScalingCore:
         self.episode_steps = episode_steps
         self.mode = mode
         self.action_limit = action_limit
-        self.weights = weights
-        self.randomization = randomization
+        self.weights = weights or RewardWeights()
+        self.randomization = randomization or Randomization()
         self.shield_config = shield
         self.horizons = first.horizons
         self.quantiles = first.quantiles
@@ -284,36 +284,15 @@ class ScalingCore:
     # -- stepping ---------------------------------------------------------------------
 
     def _observation(self) -> Observation:
-        p, st, sim, last = self.params, self.sim.state, self.sim, self._last
-        assert p is not None
-        n = self.n_lanes
-        zeros = np.zeros(n)
-        if last is None:
-            arrivals = processed = dropped = util = zeros
-        else:
-            arrivals, processed, dropped = last.arrivals, last.processed, last.dropped
-            util = np.where(last.capacity > 0, processed / np.maximum(last.capacity, 1e-9), 0.0)
-        rate = st.running * p.job_capacity_eps
-        drain = np.where(
-            rate > 0, st.queue / np.maximum(rate, 1e-9), np.where(st.queue > 0, np.inf, 0.0)
-        )
-        starting = sim.starting
-        return Observation(
-            step=self.t,
-            minute_of_day=int(self._minutes()[0] % 1440),
-            day_of_week=int(self._days()[0]),
-            jobs_running=st.running.copy(),
-            jobs_starting=starting,
-            jobs_target=st.running + starting,
-            queue_length=st.queue.copy(),
-            arrivals=arrivals,
-            processed=processed,
-            dropped=dropped,
-            utilization=util,
-            drain_time_s=drain,
-            forecast=self._forecast[self.t],
-            horizons=self.horizons,
-            quantiles=self.quantiles,
+        return observe(
+            self.t,
+            int(self._minutes()[0] % 1440),  # per lane below; the rule and shield ignore it
+            int(self._days()[0]),
+            self.sim,
+            self._last,
+            self._forecast[self.t],
+            self.horizons,
+            self.quantiles,
         )
 
     def _minutes(self) -> np.ndarray:
@@ -464,14 +443,7 @@ class ScalingEnv(gym.Env[np.ndarray, np.integer]):
         shield: ShieldConfig | None = ShieldConfig(),
     ) -> None:
         self.core = ScalingCore(
-            sources,
-            1,
-            episode_steps,
-            mode,
-            action_limit,
-            weights or RewardWeights(),
-            randomization or Randomization(),
-            shield,
+            sources, 1, episode_steps, mode, action_limit, weights, randomization, shield
         )
         self.action_space = spaces.Discrete(2 * action_limit + 1)
         self.observation_space = observation_space()
@@ -510,14 +482,7 @@ def make_vec_env(
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
     core = ScalingCore(
-        sources,
-        n_envs,
-        episode_steps,
-        mode,
-        action_limit,
-        weights or RewardWeights(),
-        randomization or Randomization(),
-        shield,
+        sources, n_envs, episode_steps, mode, action_limit, weights, randomization, shield
     )
 
     class ScalingVecEnv(VecEnv):

@@ -48,16 +48,30 @@ def initial_jobs(first_minute: float, service: ServiceConfig) -> int:
     return int(min(max(need, service.min_jobs, 1), service.max_jobs))
 
 
-def _observation(
+def observe(
     step: int,
-    start: pd.Timestamp,
+    minute_of_day: int,
+    day_of_week: int,
     sim: ClusterSimulator,
     last: StepRecord | None,
-    forecast: ForecastArrays | None,
+    forecast: np.ndarray | None = None,
+    horizons: tuple[int, ...] = (),
+    quantiles: tuple[float, ...] = (),
 ) -> Observation:
+    """What the controllers see at the start of ``step`` (the scaling env uses it too).
+
+    Args:
+        step: Index of the step about to run.
+        minute_of_day: Its minute of day.
+        day_of_week: Its day of week.
+        sim: The simulator, after ``begin_step``.
+        last: The record of the step that just ended (None at step 0).
+        forecast: This step's forecasts, shape (S, H, Q), or None.
+        horizons: Their horizons.
+        quantiles: Their levels.
+    """
     p, st = sim.params, sim.state
     n = p.n_services
-    now = start + pd.Timedelta(minutes=step)
     starting = sim.starting
     zeros = np.zeros(n)
     if last is None:
@@ -75,8 +89,8 @@ def _observation(
         )
     return Observation(
         step=step,
-        minute_of_day=now.hour * 60 + now.minute,
-        day_of_week=now.dayofweek,
+        minute_of_day=minute_of_day,
+        day_of_week=day_of_week,
         jobs_running=st.running.copy(),
         jobs_starting=starting,
         jobs_target=st.running + starting,
@@ -86,9 +100,31 @@ def _observation(
         dropped=dropped,
         utilization=util,
         drain_time_s=drain,
-        forecast=None if forecast is None else forecast.values[step],
-        horizons=() if forecast is None else forecast.horizons,
-        quantiles=() if forecast is None else forecast.quantiles,
+        forecast=forecast,
+        horizons=horizons,
+        quantiles=quantiles,
+    )
+
+
+def _observation(
+    step: int,
+    start: pd.Timestamp,
+    sim: ClusterSimulator,
+    last: StepRecord | None,
+    forecast: ForecastArrays | None,
+) -> Observation:
+    now = start + pd.Timedelta(minutes=step)
+    if forecast is None:
+        return observe(step, now.hour * 60 + now.minute, now.dayofweek, sim, last)
+    return observe(
+        step,
+        now.hour * 60 + now.minute,
+        now.dayofweek,
+        sim,
+        last,
+        forecast.values[step],
+        forecast.horizons,
+        forecast.quantiles,
     )
 
 
