@@ -251,7 +251,7 @@ def _registered_policy(settings: Settings, version: str) -> Learning:
 
 @app.command("train-controller")
 def train_controller(
-    timesteps: int = typer.Option(2_000_000, min=1, help="PPO environment steps at most."),
+    timesteps: int = typer.Option(4_000_000, min=1, help="PPO environment steps at most."),
     max_minutes: float = typer.Option(14.0, min=0.1, help="Wall-clock budget of the training."),
     mode: str = typer.Option("residual", help="residual (adjust the rule) or direct."),
     state_dir: Path | None = typer.Option(None, help="Folder for all local state."),

@@ -224,7 +224,7 @@ def summary_markdown(
 
 @flow(name="train-controller", log_prints=True)
 def train_controller_flow(
-    timesteps: int = 2_000_000,
+    timesteps: int = 4_000_000,
     max_minutes: float = 14.0,
     mode: str = "residual",
     traces: list[str] | None = None,

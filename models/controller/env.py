@@ -114,7 +114,7 @@ class RewardWeights:
     """
 
     cost: float = 1.0
-    sla: tuple[float, float, float] = (24.0, 12.0, 6.0)
+    sla: tuple[float, float, float] = (12.0, 6.0, 3.0)
     latency: float = 0.2
     budget: float = 1.0
     scale: float = 0.1

@@ -77,7 +77,7 @@ def test_flow_registers_a_challenger_with_curves_and_a_gate_decision(
     client = registry.client(cfg)
     run = client.get_run(first_training["run_id"])
     assert run.data.params["ppo_mode"] == "residual"
-    assert run.data.params["reward_sla"] == "24.0,12.0,6.0"
+    assert run.data.params["reward_sla"] == "12.0,6.0,3.0"
     # The training callback logged one point per rollout to the same run.
     curve = client.get_metric_history(first_training["run_id"], "rollout/reward")
     assert len(curve) >= 2
