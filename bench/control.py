@@ -228,11 +228,7 @@ def _hybrid_arrays(
     # The hybrid trained on [0, c0) and held back the last 20% of that range for its own
     # checkpoint choice and calibration, so the tail levels are calibrated there.
     calib = (c0 - max(int(0.2 * c0), 1), c0)
-    return hybrid_forecasts(forecaster, name, start, series, calib, end, _horizons_for(), QUANTILES)
-
-
-def _horizons_for() -> tuple[int, ...]:
-    return HORIZONS
+    return hybrid_forecasts(forecaster, name, start, series, calib, end, HORIZONS, QUANTILES)
 
 
 def prepare_scenario(scenario: Scenario, forecaster: Any = None) -> PreparedScenario:
