@@ -98,12 +98,14 @@ def demo(
         typer.echo("Training the event forecaster (quick settings) and registering it in MLflow")
         _train_forecaster(settings, epochs=DEMO_EPOCHS, max_minutes=DEMO_TRAIN_MINUTES)
         typer.echo("Training the PPO controller (short run) and registering it in MLflow")
-        _train_controller(
+        controller = _train_controller(
             settings,
             timesteps=DEMO_PPO_TIMESTEPS,
             max_minutes=DEMO_PPO_MINUTES,
             synthetic_only=True,
         )
+        # The controller just registered is scored as ppo beside the rules.
+        learning = _registered_policy(settings, controller["version"])
     scenarios = load_scenarios(settings.scenarios_file, traces_dir=None)
     typer.echo(
         f"Running {len(scenarios)} synthetic scenarios: {', '.join(s.name for s in scenarios)}"
