@@ -242,8 +242,8 @@ class PPOController:
         if p is None:
             raise RuntimeError("call reset() before decide()")
         n = p.n_services
-        rule_target = self._rule.decide(obs) if self._rule is not None else None
         try:
+            rule_target = self._rule.decide(obs) if self._rule is not None else None
             features = policy_features(
                 obs,
                 p,

@@ -128,6 +128,12 @@ def test_ppo_controller_runs_in_the_loop_behind_the_shield(
     # Without forecasts the policy cannot act: every decision is the shield's fallback.
     _, blind = _run(policy, steps=50, forecast=False)
     assert blind.interventions == {"fallback:forecast": 50}
+    # The same for residual control, whose rule needs the forecast too.
+    residual = LearnedPolicy(
+        policy.layers, "residual", policy.action_limit, policy.rule, policy.shield
+    )
+    _, blind = _run(residual, steps=50, forecast=False)
+    assert blind.interventions == {"fallback:forecast": 50}
 
 
 def test_package_decides_like_the_controller(
