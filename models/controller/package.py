@@ -25,6 +25,7 @@ the shield, NaN when it had none) and ``shield_reason`` ("" when untouched).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -244,8 +245,6 @@ def _rule_targets(
     rule = PredictiveController(target_utilization=rho, quantile_level=level, hold_steps=0)
     rule.reset(params)
     safe_fc = np.nan_to_num(np.asarray(obs.forecast), nan=0.0, posinf=0.0, neginf=0.0)
-    from dataclasses import replace
-
     computed = rule.decide(replace(obs, forecast=safe_fc)).astype(np.float64)
     if "rule_target" in frame.columns:
         given = _column(frame, "rule_target")
