@@ -54,7 +54,7 @@ def load_forecaster(settings: Settings, uri: str | None) -> Any:
     name, _, alias = uri.removeprefix("models:/").partition("@")
     if alias and registry.resolve_alias(config, name, alias) is None:
         return None
-    predictor = registry.load(config, uri).unwrap_python_model()._predictor
+    predictor = registry.folder_predictor(registry.load(config, uri))
     return predictor.forecaster
 
 

@@ -446,6 +446,19 @@ def _folder_model_class() -> type:
     return FolderModel
 
 
+def folder_predictor(model: PyFuncModel) -> Any:
+    """The object a :data:`FolderModel`'s loader built (the project's own model class).
+
+    Raises:
+        RegistryError: If ``model`` is not a folder-backed model of this project.
+    """
+    inner = model.unwrap_python_model()
+    predictor = getattr(inner, "_predictor", None)
+    if predictor is None or not hasattr(inner, "loader"):
+        raise RegistryError("the model is not a folder-backed model of this project")
+    return predictor
+
+
 def __getattr__(name: str) -> Any:
     # Module-level lazy attribute (PEP 562): FolderModel subclasses MLflow's PythonModel,
     # and importing MLflow here at import time would cost every importer ~2 s.

@@ -26,7 +26,7 @@ import numpy as np
 from models import registry
 from models.controller.base import Controller
 from models.controller.env import EpisodeSource, Randomization, RewardWeights
-from models.controller.package import ControllerPackage, example_frame
+from models.controller.package import OPTIONAL_COLUMNS, ControllerPackage, example_frame
 from models.controller.ppo import LearnedPolicy, PPOConfig, PPOController, PPOReport
 from models.controller.rollout import ForecastArrays, initial_jobs, run_controller
 from models.controller.rules import PredictiveController
@@ -118,7 +118,7 @@ def sla_shortfall(scores: Sequence[TraceScore], opponent: Sequence[TraceScore]) 
 def load_policy(config: registry.RegistryConfig, model_uri: str) -> tuple[LearnedPolicy, Any]:
     """The policy inside a registered ``scaling-controller`` (and the pyfunc itself)."""
     model = registry.load(config, model_uri)
-    package = model.unwrap_python_model()._predictor
+    package = registry.folder_predictor(model)
     if not isinstance(package, ControllerPackage):
         raise TypeError(f"{model_uri} is not a scaling controller")
     return package.policy, model
@@ -178,8 +178,6 @@ def register(
     """
     package = ControllerPackage(policy, horizons, quantiles)
     example = example_frame(horizons, quantiles)
-    from models.controller.package import OPTIONAL_COLUMNS
-
     signature = registry.infer_signature(
         example, package.predict(example), optional=OPTIONAL_COLUMNS
     )
