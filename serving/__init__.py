@@ -1,0 +1,1 @@
+"""Decision engine, actuators and HTTP API: online features -> forecast -> policy -> shield -> actuator."""

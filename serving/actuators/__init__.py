@@ -1,0 +1,1 @@
+"""Actuators: where a decided job count is applied (simulated cluster, Kubernetes, dry run)."""
