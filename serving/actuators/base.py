@@ -8,6 +8,7 @@ so one failing service never hides the others' results.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,3 +51,36 @@ class Actuator(Protocol):
     def apply(self, targets: Mapping[str, int]) -> list[Actuation]:
         """Set each service's job target; one result per service, in the order given."""
         ...
+
+
+def validate_targets(targets: Mapping[str, object]) -> dict[str, int]:
+    """Check every target before any is applied, so a bad batch changes nothing.
+
+    Integral numbers of any type are accepted (controllers return NumPy integers);
+    booleans and floats are not, even ``3.0``: a fractional job count means a caller
+    skipped its rounding rule, and guessing one here would hide that.
+
+    Args:
+        targets: Job target per service id.
+
+    Returns:
+        The same targets as plain ``int``, in the order given.
+
+    Raises:
+        ValueError: If a service id is empty or a target is negative or not an integer;
+            the message names every offending service.
+    """
+    problems: list[str] = []
+    checked: dict[str, int] = {}
+    for service_id, target in targets.items():
+        if not isinstance(service_id, str) or not service_id:
+            problems.append(f"service id {service_id!r} is not a non-empty string")
+        elif isinstance(target, bool) or not isinstance(target, numbers.Integral):
+            problems.append(f"{service_id}: target {target!r} is not an integer")
+        elif target < 0:
+            problems.append(f"{service_id}: target {target} is negative")
+        else:
+            checked[service_id] = int(target)
+    if problems:
+        raise ValueError("invalid job targets, nothing applied: " + "; ".join(problems))
+    return checked
