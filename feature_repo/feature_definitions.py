@@ -10,7 +10,7 @@ import os
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Bool, Float32, Int64
+from feast.types import Array, Bool, Float32, Int64, String
 
 # The feature Parquet folder. The project's flows export AUTOSCALER_FEAST_DATA_DIR from their
 # settings; the default is the default state folder as seen from this repo (the feast CLI
@@ -54,6 +54,22 @@ service_profile_source = FileSource(
     path=f"{DATA_DIR}/service_profile",
     timestamp_field="event_timestamp",
     description="Service profiles (features.engineering.FeatureFrames.profiles).",
+)
+
+# Scaling decisions as the inference cycle logs them; serving reads the newest one per service
+# (the job target in force, when it last changed) from the online store.
+service_decisions_source = FileSource(
+    name="service_decisions_source",
+    path=f"{DATA_DIR}/service_decisions",
+    timestamp_field="event_timestamp",
+    description="Scaling decisions (the offline copy lives in the scaling_decisions table).",
+)
+
+# Every decision is pushed here as it is made.
+service_decisions_push = PushSource(
+    name="service_decisions_push",
+    batch_source=service_decisions_source,
+    description="Push entry point of the inference cycle's decisions.",
 )
 
 # Every per-minute feature, in the order features.engineering.MINUTE_FEATURES gives them.
@@ -219,6 +235,31 @@ service_profile = FeatureView(
     description="Service profile: SLA, prices, job limits and capacity.",
 )
 
+# The newest scaling decision of each service. TTL 1 day: a service not decided for a day
+# starts again from the job count it reports.
+service_decisions = FeatureView(
+    name="service_decisions",
+    entities=[service],
+    ttl=timedelta(days=1),
+    schema=[
+        Field(name="decision_ts", dtype=Int64),  # minute decided for, seconds since the epoch
+        Field(name="jobs_before", dtype=Int64),
+        Field(name="jobs_after", dtype=Int64),
+        Field(name="action", dtype=Int64),
+        Field(name="last_change_ts", dtype=Int64),  # when the target last changed, epoch s
+        Field(name="controller", dtype=String),
+        Field(name="forecaster_version", dtype=String),
+        Field(name="controller_version", dtype=String),
+        Field(name="forecast_q10", dtype=Float32),
+        Field(name="forecast_q50", dtype=Float32),
+        Field(name="forecast_q90", dtype=Float32),
+        Field(name="shield_reason", dtype=String),
+    ],
+    source=service_decisions_push,
+    online=True,
+    description="The newest scaling decision of each service.",
+)
+
 # What the event forecaster reads: traffic history, calendar, anomaly signals, sequences and
 # the static profile.
 forecaster_v1 = FeatureService(
@@ -301,4 +342,28 @@ controller_v1 = FeatureService(
         ],
     ],
     description="Features of the scaling controller and its safety shield, version 1.",
+)
+
+# What one inference cycle reads in a single online call: the controller's state and limits,
+# the forecaster's sequences, the full profile and the decision in force.
+serving_v1 = FeatureService(
+    name="serving_v1",
+    features=[
+        service_control,
+        service_sequences,
+        # criticality and the SLA come with service_control.
+        service_profile[
+            [
+                "cost_per_job_hour",
+                "daily_budget",
+                "min_jobs",
+                "max_jobs",
+                "max_step",
+                "job_capacity_eps",
+                "job_startup_s",
+            ]
+        ],
+        service_decisions,
+    ],
+    description="Everything the decision engine reads per service, version 1.",
 )

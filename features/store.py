@@ -43,6 +43,16 @@ VIEW_DIRS = {
 }
 """Folder (= feature view name) of each :class:`FeatureFrames` member."""
 
+PUSHED_VIEWS = ("service_decisions",)
+"""Feature views fed only by pushes; their FileSource folders must exist for ``apply``."""
+
+ONLINE_VIEWS = {
+    "minute": ("service_minute", "service_control"),
+    "sequences": ("service_sequences",),
+    "profiles": ("service_profile",),
+}
+"""Online feature views each :class:`FeatureFrames` member feeds."""
+
 _WATERMARK = "_watermark.json"
 
 
@@ -148,9 +158,45 @@ def apply(cfg: FeastConfig) -> FeatureStore:
     """
     for member in VIEW_DIRS:
         cfg.view_dir(member).mkdir(parents=True, exist_ok=True)
+    definitions = load_definitions(cfg)
+    for view in PUSHED_VIEWS:
+        _seed_pushed_view(cfg.data_dir / view, _view_named(definitions, view))
     store = open_store(cfg)
-    store.apply(load_definitions(cfg))
+    store.apply(definitions)
     return store
+
+
+def _view_named(definitions: Sequence[Any], name: str) -> Any:
+    from feast import FeatureView
+
+    for obj in definitions:
+        if isinstance(obj, FeatureView) and obj.name == name:
+            return obj
+    raise ValueError(f"the feature repo defines no feature view {name!r}")
+
+
+def _seed_pushed_view(folder: Path, view: Any) -> None:
+    """Give a push-fed view's FileSource one empty Parquet file with the view's schema.
+
+    Its rows only ever arrive by push, but Feast still reads the folder when a user runs
+    ``feast materialize`` over every view, and an empty folder fails that read.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.glob("*.parquet")):
+        return
+    from feast.types import Float32, Float64, Int64, String
+
+    dtypes = {Int64: "int64", Float32: "float32", Float64: "float64", String: "object"}
+    columns = {
+        "service_id": pd.Series(dtype="object"),
+        "event_timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
+    }
+    for f in view.schema:
+        columns[f.name] = pd.Series(dtype=dtypes.get(f.dtype, "object"))
+    path = folder / "part-empty.parquet"
+    tmp = path.with_suffix(".tmp")
+    pd.DataFrame(columns).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def _to_feast_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -224,11 +270,47 @@ def materialize(store: FeatureStore, start: pd.Timestamp, end: pd.Timestamp) -> 
         start: First event_timestamp to load (naive UTC).
         end: Last event_timestamp to load (naive UTC), inclusive.
     """
-    # Feast's window is [start, end) on tz-aware datetimes.
+    # Feast's window is [start, end) on tz-aware datetimes. Only the views fed from the
+    # feature Parquet: pushed views have no offline rows to load (an empty FileSource
+    # folder even fails the read).
+    views = [view for views in ONLINE_VIEWS.values() for view in views]
     store.materialize(
         start_date=pd.Timestamp(start).tz_localize("UTC").to_pydatetime(),
         end_date=(pd.Timestamp(end) + pd.Timedelta(seconds=1)).tz_localize("UTC").to_pydatetime(),
+        feature_views=views,
     )
+
+
+def write_online(store: FeatureStore, frames: FeatureFrames) -> dict[str, int]:
+    """Write the newest row of each service of every frame straight to the online store.
+
+    The every-minute path: ``materialize`` scans the feature Parquet (seconds), while the
+    online store only ever keeps the newest row per service, which this writes directly
+    (milliseconds). The offline feature Parquet is left to the features flow.
+
+    Returns:
+        Rows written per online feature view.
+    """
+    written: dict[str, int] = {}
+    for member, views in ONLINE_VIEWS.items():
+        frame: pd.DataFrame = getattr(frames, member)
+        if frame.empty:
+            continue
+        newest = frame.sort_values("event_timestamp").groupby("service_id", sort=False).tail(1)
+        rows = _to_feast_frame(newest.reset_index(drop=True))
+        for view in views:
+            store.write_to_online_store(view, rows)
+            written[view] = len(rows)
+    return written
+
+
+def push_online(store: FeatureStore, push_source: str, rows: pd.DataFrame) -> None:
+    """Push rows (naive-UTC ``event_timestamp``) to the online store through a PushSource."""
+    from feast.data_source import PushMode
+
+    if rows.empty:
+        return
+    store.push(push_source, _to_feast_frame(rows), to=PushMode.ONLINE)
 
 
 def training_set(
