@@ -162,6 +162,46 @@ class _Plan:
         return by_h[:, :, self.q_lo] * (1.0 - self.q_w) + by_h[:, :, self.q_hi] * self.q_w
 
 
+def regrid(
+    fc: Array,
+    own_horizons: tuple[int, ...],
+    own_quantiles: tuple[float, ...],
+    horizons: tuple[int, ...],
+    quantiles: tuple[float, ...],
+) -> Array:
+    """Forecasts on the hybrid's grid mapped onto other horizons and levels (serving).
+
+    Horizons and levels in between are interpolated as in the module docstring. A level
+    outside the hybrid's range takes its nearest level: serving has no calibration range
+    for the tail offsets, so it never claims a wider interval than the model gives.
+
+    Args:
+        fc: Forecasts, shape (n, len(own_horizons), len(own_quantiles)).
+        own_horizons: The hybrid's horizons, ascending.
+        own_quantiles: The hybrid's levels, ascending.
+        horizons: Wanted horizons, ascending, within the hybrid's range.
+        quantiles: Wanted levels, ascending.
+
+    Returns:
+        Shape (n, len(horizons), len(quantiles)).
+
+    Raises:
+        ValueError: On a shape mismatch or a horizon outside the hybrid's range.
+    """
+    fc = np.asarray(fc, dtype=np.float64)
+    if fc.ndim != 3 or fc.shape[1:] != (len(own_horizons), len(own_quantiles)):
+        raise ValueError(
+            f"forecasts of shape {fc.shape} do not match {len(own_horizons)} horizons x "
+            f"{len(own_quantiles)} levels"
+        )
+    if not horizons or horizons[0] < own_horizons[0] or horizons[-1] > own_horizons[-1]:
+        raise ValueError(
+            f"horizons {horizons} must lie in the forecaster's range "
+            f"{own_horizons[0]}..{own_horizons[-1]}"
+        )
+    return _Plan.make(own_horizons, own_quantiles, horizons, quantiles).apply(fc)
+
+
 def _brackets(own: Array, wanted: Array) -> tuple[Array, Array, Array]:
     """Neighbours in ``own`` (ascending) and the weight of the upper one.
 

@@ -25,17 +25,18 @@ the shield, NaN when it had none) and ``shield_reason`` ("" when untouched).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from models.controller.base import Observation
+from models.controller.env import RuleSettings
 from models.controller.policy_inputs import policy_features
 from models.controller.ppo import LearnedPolicy
 from models.controller.rules import PredictiveController
-from models.controller.shield import shield_targets
+from models.controller.shield import ShieldConfig, shield_targets
 from simulator.config import STEP_S, ClusterParams
 
 PROFILE_COLUMNS = (
@@ -148,6 +149,75 @@ def _params(frame: pd.DataFrame) -> ClusterParams:
     )
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    params: ClusterParams
+    obs: Observation
+    since: np.ndarray
+    minute: np.ndarray
+    day: np.ndarray
+
+
+def _empty_decisions() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "target_jobs": pd.Series(dtype=np.int64),
+            "proposed_jobs": pd.Series(dtype=np.float64),
+            "shield_reason": pd.Series(dtype=object),
+        }
+    )
+
+
+def _read_inputs(
+    frame: pd.DataFrame, horizons: tuple[int, ...], quantiles: tuple[float, ...]
+) -> _Inputs:
+    columns = [
+        *PROFILE_COLUMNS,
+        *STATE_COLUMNS,
+        *(forecast_column(h, q) for h in horizons for q in quantiles),
+    ]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"missing input columns: {missing}")
+    params = _params(frame)
+    n = len(frame)
+    state = {c: _column(frame, c) for c in STATE_COLUMNS}
+    # Counts stay float so a missing one stays NaN: the shield's state fallback then
+    # holds the service instead of reading it as empty.
+    running, starting = state["jobs_running"], state["jobs_starting"]
+    fc = np.stack(
+        [_column(frame, forecast_column(h, q)) for h in horizons for q in quantiles], axis=1
+    ).reshape(n, len(horizons), len(quantiles))
+    cap_eps = np.nan_to_num(running) * params.job_capacity_eps
+    queue = state["queue_length"]
+    drain = np.where(cap_eps > 0, queue / np.maximum(cap_eps, 1e-9), np.where(queue > 0, np.inf, 0))
+    minute = np.nan_to_num(state["minute_of_day"], nan=0.0).astype(np.int64) % 1440
+    day = np.nan_to_num(state["day_of_week"], nan=0.0).astype(np.int64) % 7
+    target = running + starting
+    if "jobs_target" in frame.columns:
+        given = _column(frame, "jobs_target")
+        target = np.where(np.isfinite(given), given, target)
+    obs = Observation(
+        step=0,
+        minute_of_day=int(minute[0]),
+        day_of_week=int(day[0]),
+        jobs_running=running,
+        jobs_starting=starting,
+        jobs_target=target,
+        queue_length=queue,
+        arrivals=state["arrivals"],
+        processed=state["processed"],
+        dropped=state["dropped"],
+        utilization=state["utilization"],
+        drain_time_s=drain,
+        forecast=fc,
+        horizons=horizons,
+        quantiles=quantiles,
+    )
+    since = np.nan_to_num(state["steps_since_change"], nan=0.0).astype(np.int64)
+    return _Inputs(params, obs, since, minute, day)
+
+
 def decide_frame(model: ControllerPackage, frame: pd.DataFrame) -> pd.DataFrame:
     """Shielded target jobs for each row (one service each); see the module docstring.
 
@@ -159,65 +229,58 @@ def decide_frame(model: ControllerPackage, frame: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"missing input columns: {missing}")
     if len(frame) == 0:
-        return pd.DataFrame(
-            {
-                "target_jobs": pd.Series(dtype=np.int64),
-                "proposed_jobs": pd.Series(dtype=np.float64),
-                "shield_reason": pd.Series(dtype=object),
-            }
-        )
-    params = _params(frame)
-    n = len(frame)
-    state = {c: _column(frame, c) for c in STATE_COLUMNS}
-    # Counts stay float so a missing one stays NaN: the shield's state fallback then
-    # holds the service instead of reading it as empty.
-    running, starting = state["jobs_running"], state["jobs_starting"]
-    fc = np.stack([_column(frame, c) for c in model.forecast_columns], axis=1).reshape(
-        n, len(model.horizons), len(model.quantiles)
-    )
-    cap_eps = np.nan_to_num(running) * params.job_capacity_eps
-    queue = state["queue_length"]
-    drain = np.where(cap_eps > 0, queue / np.maximum(cap_eps, 1e-9), np.where(queue > 0, np.inf, 0))
-    minute = np.nan_to_num(state["minute_of_day"], nan=0.0).astype(np.int64) % 1440
-    day = np.nan_to_num(state["day_of_week"], nan=0.0).astype(np.int64) % 7
-    obs = Observation(
-        step=0,
-        minute_of_day=int(minute[0]),
-        day_of_week=int(day[0]),
-        jobs_running=running,
-        jobs_starting=starting,
-        jobs_target=running + starting,
-        queue_length=queue,
-        arrivals=state["arrivals"],
-        processed=state["processed"],
-        dropped=state["dropped"],
-        utilization=state["utilization"],
-        drain_time_s=drain,
-        forecast=fc,
-        horizons=model.horizons,
-        quantiles=model.quantiles,
-    )
-    since = np.nan_to_num(state["steps_since_change"], nan=0.0).astype(np.int64)
+        return _empty_decisions()
+    x = _read_inputs(frame, model.horizons, model.quantiles)
+    obs, n = x.obs, len(frame)
     policy = model.policy
     rule_target = None
     if policy.mode == "residual":
-        rule_target = _rule_targets(model, frame, params, obs)
+        rule_target = _rule_targets(policy.rule, frame, x.params, obs)
     proposed = np.full(n, np.nan)
-    usable = np.isfinite(fc).all(axis=(1, 2))
+    usable = np.isfinite(np.asarray(obs.forecast)).all(axis=(1, 2))
     if usable.any():
         features = policy_features(
             obs,
-            params,
+            x.params,
             action_limit=policy.action_limit,
-            minute_of_day=minute,
-            day_of_week=day,
-            steps_since_change=since,
+            minute_of_day=x.minute,
+            day_of_week=x.day,
+            steps_since_change=x.since,
             rule_target=rule_target,
         )
         base = rule_target if rule_target is not None else obs.jobs_target
         actions = policy.act(features)
         proposed = np.where(usable, base + actions - policy.action_limit, np.nan)
-    result = shield_targets(params, obs, proposed, since, policy.shield)
+    result = shield_targets(x.params, obs, proposed, x.since, policy.shield)
+    return pd.DataFrame(
+        {
+            "target_jobs": result.targets.astype(np.int64),
+            "proposed_jobs": proposed.astype(np.float64),
+            "shield_reason": list(result.reasons),
+        },
+        index=frame.index,
+    )
+
+
+def rule_frame(
+    frame: pd.DataFrame,
+    horizons: tuple[int, ...],
+    quantiles: tuple[float, ...],
+    rule: RuleSettings,
+    shield: ShieldConfig,
+) -> pd.DataFrame:
+    """The calibrated predictive rule behind the shield, on the same table as
+    :func:`decide_frame` (what serving runs when no learned controller is available).
+
+    Same input columns (forecasts on ``horizons`` x ``quantiles``) and output columns;
+    ``proposed_jobs`` is the rule's target.
+    """
+    if len(frame) == 0:
+        return _empty_decisions()
+    x = _read_inputs(frame, horizons, quantiles)
+    usable = np.isfinite(np.asarray(x.obs.forecast)).all(axis=(1, 2))
+    proposed = np.where(usable, _rule_targets(rule, frame, x.params, x.obs), np.nan)
+    result = shield_targets(x.params, x.obs, proposed, x.since, shield)
     return pd.DataFrame(
         {
             "target_jobs": result.targets.astype(np.int64),
@@ -229,11 +292,10 @@ def decide_frame(model: ControllerPackage, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rule_targets(
-    model: ControllerPackage, frame: pd.DataFrame, params: ClusterParams, obs: Observation
+    default: RuleSettings, frame: pd.DataFrame, params: ClusterParams, obs: Observation
 ) -> np.ndarray:
     """The rule's target per row: given, or computed without hold from the settings."""
     n = len(frame)
-    default = model.policy.rule
     rho = np.full(n, default.target_utilization)
     level = np.full(n, default.quantile_level)
     if "rule_target_utilization" in frame.columns:

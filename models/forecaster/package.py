@@ -119,8 +119,13 @@ def _matrix(frame: pd.DataFrame, column: str, width: int) -> np.ndarray:
     return mat
 
 
-def predict_frame(forecaster: Forecaster, frame: pd.DataFrame) -> pd.DataFrame:
+def predict_frame(
+    forecaster: Forecaster, frame: pd.DataFrame, *, with_anomaly: bool = True
+) -> pd.DataFrame:
     """Forecast every row of ``frame`` (table interface in the module docstring).
+
+    ``with_anomaly=False`` leaves ``anomaly_score`` NaN: scoring forecasts a second
+    origin (15 minutes back), which doubles the cost for callers that do not read it.
 
     Raises:
         ValueError: On missing columns, wrong lengths, infinities or negative counts.
@@ -150,7 +155,7 @@ def predict_frame(forecaster: Forecaster, frame: pd.DataFrame) -> pd.DataFrame:
     for j, h in enumerate(horizons):
         for k, q in enumerate(forecaster.quantiles):
             out[column_name(h, q)] = fc[:, j, k]
-    if DEFAULT_LEAD in horizons and len(frame):
+    if with_anomaly and DEFAULT_LEAD in horizons and len(frame):
         out["anomaly_score"] = latest_scores(forecaster, recent, hourly, ts_minute, names)
     else:
         out["anomaly_score"] = np.full(len(frame), np.nan)
