@@ -1,1 +1,4 @@
-"""Decision engine, actuators and HTTP API: online features -> forecast -> policy -> shield -> actuator."""
+"""Decision engine, actuators and HTTP API.
+
+Online features -> forecast -> policy -> shield -> actuator (DESIGN.md section 3).
+"""
