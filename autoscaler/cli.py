@@ -348,5 +348,171 @@ def sim_speed(
     typer.echo(f"{services} services x {steps} steps: {rate:,.0f} service-steps/s")
 
 
+# --------------------------------------------------------------------------- promotion
+
+_MODEL_NAMES = ("event-forecaster", "scaling-controller")
+"""Registered model names (as in flows.promote, not imported: Prefect is slow to import)."""
+
+
+def _model_name(model: str) -> str:
+    if model not in _MODEL_NAMES:
+        raise typer.BadParameter(
+            f"unknown model {model!r}; choose {' or '.join(_MODEL_NAMES)}", param_hint="--model"
+        )
+    return model
+
+
+def _describe_model(settings: Settings, name: str) -> list[str]:
+    """Lines for one registered model: versions, where each alias points, the history."""
+    from datetime import UTC, datetime
+
+    from mlflow.exceptions import MlflowException
+
+    from autoscaler.runtime import registry_config
+    from models import registry
+
+    mlflow_client = registry.client(registry_config(settings, name))
+    try:
+        registered = mlflow_client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return [f"{name}: no version registered"]
+        raise
+    aliases: dict[str, list[str]] = {}
+    for alias, version in sorted(registered.aliases.items()):
+        aliases.setdefault(str(version), []).append(alias)
+    pointing = ", ".join(f"{a} -> v{v}" for a, v in sorted(registered.aliases.items()))
+    lines = [f"{name}: {pointing or 'no alias set'}"]
+    versions = sorted(
+        mlflow_client.search_model_versions(f"name='{name}'"),
+        key=lambda mv: int(mv.version),
+        reverse=True,
+    )
+    lines.append(f"  {'version':<8} {'aliases':<22} {'registered (UTC)':<17} gate")
+    for mv in versions:
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
+        tags = mv.tags or {}
+        gate = tags.get("gate.decision", "-")
+        if tags.get("promotion.forced") == "true":
+            gate += ", forced to champion"
+        lines.append(
+            f"  {'v' + str(mv.version):<8} {', '.join(aliases.get(str(mv.version), [])):<22} "
+            f"{created:%Y-%m-%d %H:%M}  {gate}"
+        )
+    try:
+        history = json.loads(registered.tags.get(registry.HISTORY_TAG) or "[]")
+    except json.JSONDecodeError:
+        history = ["(unreadable)"]
+    if isinstance(history, list) and history:
+        lines.append("  champion history: " + " -> ".join(f"v{v}" for v in history))
+    return lines
+
+
+@app.command("models")
+def models_cmd(
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+) -> None:
+    """List the registered models, their versions and where each alias points.
+
+    A move made by hand in the MLflow UI shows here, and inference serves it from its
+    next cycle.
+    """
+    settings = build_settings(state_dir=state_dir)
+    for name in _MODEL_NAMES:
+        typer.echo("\n".join(_describe_model(settings, name)))
+    typer.echo(f"MLflow: {settings.mlflow_uri}")
+
+
+def _run_promote_flow(settings: Settings, **parameters: Any) -> dict[str, Any]:
+    """Run the promote flow; its user errors end the command with exit code 2."""
+    from flows.promote import PromotionError, promote_flow
+    from models.registry import RegistryError
+
+    try:
+        result: dict[str, Any] = promote_flow(state_dir=str(settings.state_dir), **parameters)
+    except (PromotionError, RegistryError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    return result
+
+
+@app.command()
+def promote(
+    model: str = typer.Option(..., help="event-forecaster or scaling-controller."),
+    version: str | None = typer.Option(
+        None, help="Version to judge (default: the version alias challenger points to)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Make it champion even if the gate refuses (recorded as forced)."
+    ),
+    compare_only: bool = typer.Option(
+        False, "--compare-only", help="Score and record the evidence only; move no alias."
+    ),
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+) -> None:
+    """Compare a version with the champion on the held-back evaluation and promote it if
+    it wins (the training flows' gate).
+
+    Same as the promote Prefect flow; the evidence goes to the version's MLflow run and a
+    Prefect artifact.
+    """
+    name = _model_name(model)
+    if force and compare_only:
+        raise typer.BadParameter("--force and --compare-only exclude each other")
+    settings = build_settings(state_dir=state_dir)
+    _prefect_ready(settings)
+    from autoscaler.runtime import registry_config
+    from flows.promote import PromotionError, candidate_version
+
+    try:
+        candidate, champion = candidate_version(registry_config(settings, name), name, version)
+    except PromotionError as error:
+        raise typer.BadParameter(str(error), param_hint="--version") from error
+    action = "compare" if compare_only else "promote"
+    typer.echo(f"{name}: judging v{candidate} against champion {champion or '(none)'}")
+    result = _run_promote_flow(settings, model=name, action=action, version=candidate, force=force)
+    if compare_only:
+        outcome = f"a promotion would {'promote' if result['would_promote'] else 'refuse'} it"
+    elif result["forced"]:
+        outcome = "forced to champion although the gate refused it"
+    else:
+        outcome = "promoted to champion" if result["promoted"] else "refused"
+    typer.echo(f"{name} v{candidate}: {outcome}; champion is v{result['champion_after']}")
+    typer.echo(result["summary"])
+
+
+@app.command()
+def rollback(
+    model: str = typer.Option(..., help="event-forecaster or scaling-controller."),
+    to: str | None = typer.Option(
+        None, "--to", help="Version to make champion (default: the previous champion)."
+    ),
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+) -> None:
+    """Move the champion alias back to the previous champion (or to --to).
+
+    Same as the promote Prefect flow with action rollback; inference serves the new
+    champion from its next cycle.
+    """
+    name = _model_name(model)
+    settings = build_settings(state_dir=state_dir)
+    _prefect_ready(settings)
+    from autoscaler.runtime import registry_config
+    from flows.promote import version_exists
+    from models import registry
+
+    config = registry_config(settings, name)
+    current = registry.resolve_alias(config, name, registry.CHAMPION)
+    if current is None:
+        raise typer.BadParameter(f"{name} has no champion to roll back from", param_hint="--model")
+    if to is not None and not version_exists(config, name, to):
+        raise typer.BadParameter(f"version {to} of {name} does not exist", param_hint="--to")
+    result = _run_promote_flow(settings, model=name, action="rollback", to_version=to)
+    typer.echo(
+        f"{name}: champion moved back from v{result['champion_before']} "
+        f"to v{result['champion_after']}"
+    )
+
+
 if __name__ == "__main__":
     app()
