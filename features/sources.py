@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ import pandas as pd
 from features.contracts import TABLES
 
 if TYPE_CHECKING:
+    from simulator.cluster import ClusterSimulator
     from simulator.config import ClusterParams, ServiceConfig
     from simulator.metrics import SimLog
     from simulator.synthetic import SyntheticData, SyntheticServiceSpec
@@ -274,16 +275,40 @@ def reactive_targets(arrivals: np.ndarray, params: ClusterParams, utilization: f
     return np.clip(lagged, params.min_jobs, params.max_jobs).astype(np.int64)
 
 
-def simulated_tables(config: SimulatorSourceConfig) -> dict[str, pd.DataFrame]:
-    """Run the synthetic traffic through the simulated cluster and return every contract
-    table (all services, the whole history).
+@dataclass(frozen=True, eq=False)
+class SimulatedHistory:
+    """The simulated cluster's history and what produced it.
 
-    The cluster is scaled by :func:`reactive_targets`; its decisions are the
-    ``scaling_decisions`` rows (controller ``reactive``).
+    Attributes:
+        tables: Every contract table (see :func:`simulated_tables`).
+        data: The synthetic traffic it ran on.
+        configs: The services' cluster configs, in simulator order.
+        simulator: The simulator after the last minute, so a live cluster can continue it.
     """
+
+    tables: dict[str, pd.DataFrame]
+    data: SyntheticData
+    configs: list[ServiceConfig]
+    simulator: ClusterSimulator
+
+
+def simulate_history(
+    config: SimulatorSourceConfig, *, service_overrides: Mapping[str, Any] | None = None
+) -> SimulatedHistory:
+    """Run the synthetic traffic through the simulated cluster, keeping the simulator.
+
+    Args:
+        config: What to simulate.
+        service_overrides: ServiceConfig fields set on every derived service config (say
+            ``job_failure_rate_per_hour``); None keeps the derivation as it is.
+
+    Returns:
+        The tables of :func:`simulated_tables` plus the traffic, configs and simulator.
+    """
+    from simulator.cluster import ClusterSimulator
     from simulator.config import ClusterParams
     from simulator.metrics import event_metrics, system_metrics
-    from simulator.run import simulate_schedule
+    from simulator.run import run_schedule
     from simulator.synthetic import SyntheticConfig, default_services, generate
 
     start = config.end - pd.Timedelta(days=config.days)
@@ -292,6 +317,8 @@ def simulated_tables(config: SimulatorSourceConfig) -> dict[str, pd.DataFrame]:
         SyntheticConfig(start=start, days=config.days, services=services, seed=config.seed)
     )
     configs = _service_configs(data, config.job_capacity_eps)
+    if service_overrides:
+        configs = [replace(c, **service_overrides) for c in configs]
     params = ClusterParams.from_services(configs)
     order = list(params.service_ids)
     # The simulated cluster sees the observed counts, not the noiseless rates.
@@ -299,14 +326,26 @@ def simulated_tables(config: SimulatorSourceConfig) -> dict[str, pd.DataFrame]:
     high = data.events.pivot(index="ts", columns="service_id", values="events_high_priority")
     arr = arrivals.loc[:, order].to_numpy(dtype=np.float64)
     targets = reactive_targets(arr, params, config.target_utilization)
-    log = simulate_schedule(params, arr, targets, targets[0], start=start, seed=config.seed)
-    return {
+    sim = ClusterSimulator(params, targets[0], seed=config.seed)
+    log = run_schedule(sim, arr, targets, start=start)
+    tables = {
         "service_profiles": profiles_frame(configs, start),
         "business_calendar": data.calendar.copy(),
         "event_metrics": event_metrics(log, high_priority=high.loc[:, order].to_numpy(float)),
         "system_metrics": system_metrics(log),
         "scaling_decisions": _decisions(log, "reactive"),
     }
+    return SimulatedHistory(tables=tables, data=data, configs=configs, simulator=sim)
+
+
+def simulated_tables(config: SimulatorSourceConfig) -> dict[str, pd.DataFrame]:
+    """Run the synthetic traffic through the simulated cluster and return every contract
+    table (all services, the whole history).
+
+    The cluster is scaled by :func:`reactive_targets`; its decisions are the
+    ``scaling_decisions`` rows (controller ``reactive``).
+    """
+    return simulate_history(config).tables
 
 
 def split_batches(

@@ -106,6 +106,12 @@ class ClusterSimulator:
         self._any_noise = bool(np.any(params.capacity_noise_cv > 0))
 
     @property
+    def rng(self) -> np.random.Generator:
+        """The random streams (job failures, capacity noise); its ``bit_generator.state``
+        is what a simulator that continues in another process must carry over."""
+        return self._rng
+
+    @property
     def starting(self) -> np.ndarray:
         return np.asarray(self.state.pipeline.sum(axis=1))
 

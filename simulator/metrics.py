@@ -35,7 +35,13 @@ LATENCY_SAMPLES_PER_STEP = 16
 @dataclass(frozen=True)
 class SimLog:
     """Every :class:`StepRecord` field stacked to shape (T, S), plus the late events
-    counted after the horizon (shape (S,))."""
+    counted after the horizon (shape (S,)).
+
+    ``initial_queue`` (shape (S,)) is the backlog queued before step 0 (zeros unless
+    given; None also means empty). A log of a simulator that continues from an earlier
+    state (the live cluster, one chunk of minutes at a time) carries it, so the queue
+    waits of its first steps count the events queued ahead of them.
+    """
 
     params: ClusterParams
     start: pd.Timestamp
@@ -57,6 +63,7 @@ class SimLog:
     cost: np.ndarray
     late_after_horizon: np.ndarray
     initial_jobs: np.ndarray
+    initial_queue: np.ndarray | None = None
 
     @classmethod
     def from_records(
@@ -66,6 +73,7 @@ class SimLog:
         records: list[StepRecord],
         late_after_horizon: np.ndarray,
         initial_jobs: np.ndarray,
+        initial_queue: np.ndarray | None = None,
     ) -> SimLog:
         if not records:
             raise ValueError("an episode needs at least one step")
@@ -77,6 +85,7 @@ class SimLog:
             start=start,
             late_after_horizon=late_after_horizon,
             initial_jobs=initial_jobs,
+            initial_queue=np.zeros(params.n_services) if initial_queue is None else initial_queue,
             **stacked,
         )
 
@@ -127,9 +136,12 @@ class SimLog:
         acc = self.accepted[:, service]
         proc = self.processed[:, service]
         n = acc.shape[0]
-        a_cum = np.concatenate([[0.0], np.cumsum(acc)])
+        # Events queued before step 0 leave first (FIFO): they sit ahead of every
+        # arrival on the cumulative arrival curve.
+        backlog = 0.0 if self.initial_queue is None else float(self.initial_queue[service])
+        a_cum = np.concatenate([[0.0], np.cumsum(acc)]) + backlog
         d_cum = np.concatenate([[0.0], np.cumsum(proc)])
-        q0 = np.concatenate([[0.0], self.queue[:-1, service]])
+        q0 = np.concatenate([[backlog], self.queue[:-1, service]])
         rate = self.rate[:, service]
         pause = self.pause_s[:, service]
 

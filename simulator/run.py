@@ -59,13 +59,41 @@ def simulate_schedule(
     Returns:
         The full episode log.
     """
+    sim = ClusterSimulator(params, initial_jobs, seed=seed)
+    return run_schedule(sim, arrivals, targets, start=start)
+
+
+def run_schedule(
+    sim: ClusterSimulator,
+    arrivals: np.ndarray,
+    targets: np.ndarray,
+    *,
+    start: pd.Timestamp = DEFAULT_START,
+) -> SimLog:
+    """Run an existing simulator through a job target per step; it keeps its final state.
+
+    :func:`simulate_schedule` on a fresh simulator; a caller that keeps ``sim`` can
+    continue the same cluster later (the live simulated cluster does).
+
+    Args:
+        sim: The simulator, at the state the schedule starts from.
+        arrivals: Events per step, shape (T, S).
+        targets: Requested job targets, shape (T, S) or (S,).
+        start: Timestamp of the first step.
+
+    Returns:
+        The log of these steps (queue waits count the backlog ``sim`` started with).
+    """
+    params = sim.params
     arr = check_arrivals(arrivals, params.n_services)
     n_steps = arr.shape[0]
     tgt = _as_matrix(targets, n_steps, params.n_services, "targets")
-    sim = ClusterSimulator(params, initial_jobs, seed=seed)
+    initial_queue = sim.state.queue.copy()
     records: list[StepRecord] = [sim.step(tgt[t], arr[t]) for t in range(n_steps)]
     late_after = sim.finish()
-    return SimLog.from_records(params, start, records, late_after, sim.initial_jobs)
+    return SimLog.from_records(
+        params, start, records, late_after, sim.initial_jobs, initial_queue=initial_queue
+    )
 
 
 @dataclass(frozen=True)
