@@ -164,6 +164,11 @@ class Settings(BaseSettings):
         return self.drop_dir if self.drop_dir is not None else self.state_dir / "drop"
 
     @property
+    def cluster_dir(self) -> Path:
+        """The simulated cluster's state (the default actuator of the inference flow)."""
+        return self.state_dir / "cluster"
+
+    @property
     def prefect_home(self) -> Path:
         """PREFECT_HOME for flows run from this project (temporary server's database)."""
         return self.state_dir / "prefect"

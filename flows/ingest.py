@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
@@ -26,7 +26,10 @@ from features.sources import (
     simulator_batches,
 )
 
-SourceName = Literal["simulator", "drop", "push"]
+if TYPE_CHECKING:
+    from features.validation import BatchValidator
+
+SourceName = Literal["simulator", "drop", "push", "cluster"]
 
 # I/O tasks retry with back-off: a drop folder on a network share or a busy disk recovers.
 # No caching: inputs are frames and settings, and every run must see the current data.
@@ -66,18 +69,65 @@ def read_source(
     return [push_batch(table, rows)]
 
 
+def make_validator(settings: Settings) -> BatchValidator:
+    """The ingestion validator the settings describe."""
+    from features.validation import BatchValidator
+
+    return BatchValidator(freshness=pd.Timedelta(minutes=settings.freshness_minutes))
+
+
+def ingest_cluster_outbox(
+    settings: Settings,
+    now: pd.Timestamp,
+    days: int | None = None,
+    end: pd.Timestamp | None = None,
+) -> IngestReport:
+    """Ingest what the simulated cluster emitted; bootstrap the cluster if there is none.
+
+    A new cluster's history (``days`` before ``end``, default the settings' history before
+    ``now``) goes through the same outbox, so a crash between bootstrap and ingestion
+    loses nothing: the next run ingests it.
+    """
+    from serving.actuators.simulated import SimulatedCluster
+    from serving.cluster_feed import ingest_outbox
+
+    folder = settings.cluster_dir
+    if SimulatedCluster.exists(folder):
+        cluster = SimulatedCluster.load(folder)
+    else:
+        cluster, _ = SimulatedCluster.bootstrap(
+            folder,
+            end=now if end is None else end,
+            history_days=days or settings.history_days,
+            seed=settings.seed,
+        )
+    return ingest_outbox(
+        cluster,
+        OfflineStore(settings.offline_dir),
+        make_validator(settings),
+        settings.quarantine_dir,
+        now,
+    )
+
+
+@task(**IO_RETRIES)
+def ingest_cluster(
+    settings: Settings, now: pd.Timestamp, days: int | None, end: datetime | None
+) -> IngestReport:
+    """The simulated cluster's outbox (bootstrapped on first use) into the offline store."""
+    last = None if end is None else pd.Timestamp(end).floor("min")
+    return ingest_cluster_outbox(settings, now if last is None else max(now, last), days, last)
+
+
 @task(cache_policy=NO_CACHE)
 def validate_and_store(
     batches: list[Batch], settings: Settings, now: pd.Timestamp, force: bool
 ) -> IngestReport:
     """Validate every batch and store or quarantine it."""
-    from features.validation import BatchValidator
-
-    validator = BatchValidator(freshness=pd.Timedelta(minutes=settings.freshness_minutes))
     return ingest(
         batches,
         store=OfflineStore(settings.offline_dir),
-        validator=validator,
+        validator=make_validator(settings),
         quarantine_root=settings.quarantine_dir,
         now=now,
         force=force,
@@ -97,8 +147,10 @@ def ingest_flow(
     """Ingest metrics from a source into the validated offline store.
 
     Args:
-        source: ``simulator`` (the simulated cluster's recent history), ``drop`` (every
-            CSV/Parquet file in the drop folder) or ``push`` (``rows`` of ``table``).
+        source: ``simulator`` (a simulated cluster's recent history), ``drop`` (every
+            CSV/Parquet file in the drop folder), ``push`` (``rows`` of ``table``) or
+            ``cluster`` (what the live simulated cluster of the state folder emitted; the
+            first run creates it with ``days`` of history before ``end``).
         days: Days of history for the simulator source (default from settings).
         end: End (exclusive, UTC) of the simulated history; default the current minute.
             A fixed end reproduces the same history (a backfill).
@@ -112,8 +164,11 @@ def ingest_flow(
     """
     settings = build_settings(state_dir=Path(state_dir) if state_dir else None)
     now = current_minute()
-    batches = read_source(source, settings, now, days, end, table, rows)
-    report = validate_and_store(batches, settings, now, force)
+    if source == "cluster":
+        report = ingest_cluster(settings, now, days, end)
+    else:
+        batches = read_source(source, settings, now, days, end, table, rows)
+        report = validate_and_store(batches, settings, now, force)
     create_markdown_artifact(
         markdown=report.markdown(), key="ingest-summary", description="Ingestion run summary"
     )
