@@ -54,3 +54,29 @@ lock: $(LOCK_VENV)/bin/pip-compile
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
+
+# Operating it on a Prefect server (README: "Operating it: Prefect server, deployments and the UIs"):
+#   make server   Prefect server and UI on http://127.0.0.1:4200 (foreground; database in .state/prefect-server)
+#   make deploy   the autoscaler-process work pool (if missing), then every deployment in prefect.yaml
+#   make worker   a process worker for that pool (foreground)
+# Run deploy and worker from this checkout. PREFECT_API_URL (environment or `make deploy
+# PREFECT_API_URL=...`) names another server; AUTOSCALER_STATE_DIR at deploy time moves the state folder.
+PREFECT_HOST ?= 127.0.0.1
+PREFECT_PORT ?= 4200
+PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+PREFECT_SERVER_HOME ?= .state/prefect-server
+WORK_POOL := autoscaler-process
+
+.PHONY: server deploy worker
+
+server: venv
+	PREFECT_HOME=$(abspath $(PREFECT_SERVER_HOME)) PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(BIN)/prefect server start --host $(PREFECT_HOST) --port $(PREFECT_PORT)
+
+deploy: venv
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool inspect $(WORK_POOL) >/dev/null 2>&1 \
+		|| PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create $(WORK_POOL) --type process
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect --no-prompt deploy --all
+
+worker: venv
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect worker start --pool $(WORK_POOL)
