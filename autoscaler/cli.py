@@ -300,6 +300,33 @@ def ingest(
     _run_pipeline(build_settings(state_dir=state_dir), source, days, full, features)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
+) -> None:
+    """Serve the HTTP API: POST /v1/decisions, GET /healthz, GET /metrics (Prometheus).
+
+    Decisions come from the champion models of the configured MLflow registry (the alias
+    is checked every 30 s, so a promotion is served within that), or from the fallbacks
+    while none is registered.
+    """
+    import uvicorn
+
+    from autoscaler.runtime import registry_config
+    from models.registry import AliasCache
+    from serving.engine import SERVER_ALIAS_CHECK_S, DecisionEngine
+    from serving.metrics import ServingMetrics
+    from serving.server import build_app
+
+    settings = build_settings(state_dir=state_dir)
+    settings.ensure_dirs()
+    models = AliasCache(registry_config(settings, "serving"), max_age_s=SERVER_ALIAS_CHECK_S)
+    api = build_app(DecisionEngine(models), ServingMetrics())
+    uvicorn.run(api, host=host, port=port, log_level=settings.log_level.lower())
+
+
 @app.command("online-features")
 def online_features_cmd(
     services: list[str] = typer.Argument(..., help="Service ids."),

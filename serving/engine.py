@@ -41,6 +41,10 @@ CONTROLLER = "scaling-controller"
 CHAMPION = "champion"
 FALLBACK_WINDOW = 30
 """Minutes of recent counts whose quantiles stand in for a missing forecaster."""
+SERVER_ALIAS_CHECK_S = 30.0
+"""How often a long-running server (the HTTP API) asks the registry where the aliases
+point: a promotion is served within this many seconds, and single decisions do not pay a
+registry query each (about 10 ms per model on SQLite). An inference cycle asks every time."""
 LOGGED_LEVELS = (0.1, 0.5, 0.9)
 """Levels of the one-minute-ahead forecast written with each decision."""
 
@@ -138,6 +142,7 @@ class DecisionEngine:
         self.config = config or EngineConfig()
         self._clock = clock
         self.used = ModelsUsed()
+        self._warned: dict[str, str] = {}
 
     # -- models ----------------------------------------------------------------------------
 
@@ -148,9 +153,14 @@ class DecisionEngine:
         try:
             model, version = self.models.get(name, self.config.alias)
         except Exception as error:  # any registry or load failure means: use the fallback
-            used.problems[name] = f"{type(error).__name__}: {error}"
-            logger.warning("no %s@%s: %s; using the fallback", name, self.config.alias, error)
+            problem = f"{type(error).__name__}: {error}"
+            used.problems[name] = problem
+            # Said once per new problem, not every cycle (the decisions record it anyway).
+            if self._warned.get(name) != problem:
+                logger.warning("no %s@%s: %s; using the fallback", name, self.config.alias, error)
+                self._warned[name] = problem
             return None
+        self._warned.pop(name, None)
         return _unwrap(model), version
 
     # -- forecasting -----------------------------------------------------------------------
