@@ -7,7 +7,9 @@ overridden by the options given here) and passes them down.
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,6 +18,8 @@ import typer
 from autoscaler.settings import Settings, build_settings
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from bench.control import Learning, ScenarioResult
     from bench.scenarios import Scenario
 
@@ -25,6 +29,13 @@ DEMO_TRAIN_MINUTES = 2.0
 DEMO_PPO_TIMESTEPS = 150_000
 """Quick demo PPO run: a few dozen updates, about a minute on 2 cores."""
 DEMO_PPO_MINUTES = 1.5
+DEMO_HOURS = 3.0
+"""Simulated hours of the demo's inference loop."""
+DEMO_CHUNK = 30
+"""Cycles per inference flow run in the demo (a progress line after each)."""
+DEMO_INGEST_EVERY = 5
+"""The demo's loop validates and stores the cluster's metrics every 5 simulated minutes,
+as the ingest schedule would; fresh minutes reach the online features in between."""
 
 app = typer.Typer(
     help=(
@@ -68,53 +79,165 @@ def _run_with_progress(
 
 @app.command()
 def demo(
-    state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
-    workers: int = typer.Option(2, min=1, help="Scenarios run in parallel."),
-    pipeline: bool = typer.Option(
-        True, help="First ingest the simulated history and refresh features (Prefect flows)."
+    state_dir: Path | None = typer.Option(
+        None, help="Folder for all local state; the demo works in its demo/ subfolder."
+    ),
+    hours: float = typer.Option(
+        DEMO_HOURS, min=0.1, help="Simulated hours of the inference loop (accelerated)."
+    ),
+    history_days: int = typer.Option(14, min=8, help="Days of simulated history before the loop."),
+    train: bool = typer.Option(
+        True, help="Train and promote the forecaster and the controller (else: fallbacks)."
     ),
 ) -> None:
-    """Ingest the simulated history, train and register the forecaster and the controller,
-    then run every controller on the synthetic scenarios and write a report.
+    """The main job, end to end, on embedded defaults (no server needed).
 
-    The pipeline step runs the ingest flow (Great Expectations validation into the offline
-    store), the features flow (Feast apply and materialize), the train-forecaster flow
-    (quick settings; MLflow registry in the state folder, promotion gate) and the
-    train-controller flow (a short PPO run on the synthetic scenarios, registered and
-    gated); the registered controller is then scored as ``ppo``. The scenarios come from
-    the scenarios file (synthetic ones only, so a fresh clone needs no trace files).
-    Prints the benchmark table and the report's path.
+    Synthetic history for three services with different business context (a simulated
+    cluster) -> ingest and validate -> features -> train and register the forecaster and
+    the PPO controller (quick settings) -> promote -> the inference loop against the
+    simulated cluster for HOURS simulated hours, one decision a minute -> a report
+    (forecast vs actual, jobs vs demand, SLA and cost against HPA and KEDA replayed on the
+    same traffic) whose path it prints.
+
+    The demo starts afresh in <state>/demo (its cluster, stores and MLflow registry).
     """
-    from bench.control import format_table
-    from bench.report import write_report
-    from bench.scenarios import load_scenarios
+    import shutil
 
-    settings = build_settings(state_dir=state_dir)
+    import pandas as pd
+
+    settings = build_settings(state_dir=(state_dir or build_settings().state_dir) / "demo")
+    if settings.state_dir.exists():
+        typer.echo(f"Starting afresh: removing the previous demo in {settings.state_dir}")
+        shutil.rmtree(settings.state_dir)
     settings.ensure_dirs()
-    learning = None
-    if pipeline:
-        typer.echo("Ingesting the simulated history through the ingest and features flows")
-        _run_pipeline(settings, "simulator", None, full=False)
-        typer.echo("Training the event forecaster (quick settings) and registering it in MLflow")
-        _train_forecaster(settings, epochs=DEMO_EPOCHS, max_minutes=DEMO_TRAIN_MINUTES)
-        typer.echo("Training the PPO controller (short run) and registering it in MLflow")
-        controller = _train_controller(
+    # One line per task run would drown the demo's own progress lines.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _prefect_ready(settings)
+    started = time.perf_counter()
+    loop_minutes = max(1, round(hours * 60))
+    # The history ends the loop's length before now, so the accelerated loop ends about
+    # now and every row it emits passes ingestion's "not in the future" check.
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("min")
+    end = now - pd.Timedelta(minutes=loop_minutes)
+    state = str(settings.state_dir)
+
+    def step(text: str) -> None:
+        typer.echo(f"[{time.perf_counter() - started:5.0f} s] {text}")
+
+    from flows.features import features_flow
+    from flows.ingest import ingest_flow
+
+    step(f"Simulated cluster: 3 services, {history_days} days of history; ingesting it")
+    counts = ingest_flow(
+        source="cluster", days=history_days, end=end.to_pydatetime(), state_dir=state
+    )
+    typer.echo(
+        f"  {counts['rows_in']} rows in, {counts['rows_stored']} stored, "
+        f"{counts['rows_quarantined']} quarantined"
+    )
+    step("Features: engineering, Feast apply and materialize")
+    features = features_flow(full_rebuild=True, state_dir=state)
+    typer.echo(f"  {features['rows']}")
+    if train:
+        step("Training the event forecaster (quick settings) and registering it in MLflow")
+        fc = _train_forecaster(settings, epochs=DEMO_EPOCHS, max_minutes=DEMO_TRAIN_MINUTES)
+        step("Training the PPO controller (short run) and registering it in MLflow")
+        ctl = _train_controller(
             settings,
             timesteps=DEMO_PPO_TIMESTEPS,
             max_minutes=DEMO_PPO_MINUTES,
             synthetic_only=True,
         )
-        # The controller just registered is scored as ppo beside the rules.
-        learning = _registered_policy(settings, controller["version"])
-    scenarios = load_scenarios(settings.scenarios_file, traces_dir=None)
-    typer.echo(
-        f"Running {len(scenarios)} synthetic scenarios: {', '.join(s.name for s in scenarios)}"
-    )
-    results = _run_with_progress(scenarios, workers, learning)
-    typer.echo(format_table(results))
-    out = settings.reports_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    index = write_report(results, out)
+        step("Promoting")
+        _promote_for_demo(settings, "event-forecaster", fc)
+        _promote_for_demo(settings, "scaling-controller", ctl)
+    else:
+        typer.echo("  no training: the engine serves its fallbacks (recent-window forecasts, rule)")
+    step(f"Inference loop: {loop_minutes} simulated minutes, one decision per service a minute")
+    _run_loop(settings, loop_minutes, lambda done: step(f"  {done}/{loop_minutes} minutes"))
+    step("Report: replaying HPA and KEDA on the same traffic")
+    index, table = _live_report(settings, end)
+    typer.echo(table)
+    step("Done")
     typer.echo(f"\nReport: {index.resolve()}")
+
+
+def _promote_for_demo(settings: Settings, model: str, trained: dict[str, Any]) -> None:
+    """Make the version just trained champion; where its gate refused, by hand, and say so.
+
+    The loop must show the trained models serving. A quick demo training rarely beats the
+    baselines, so a refusal is overridden here as an operator would in the MLflow UI,
+    tagged ``promotion.forced`` with the gate's reason, and printed.
+    """
+    from autoscaler.runtime import registry_config
+    from flows.promote import FORCED_OVER_TAG, FORCED_TAG
+    from models import registry
+
+    version = str(trained["version"])
+    if trained["promoted"]:
+        typer.echo(f"  {model} v{version}: champion (its gate promoted it)")
+        return
+    config = registry_config(settings, model)
+    registry.set_alias(config, model, registry.CHAMPION, version)
+    mlflow_client = registry.client(config)
+    for key, value in {FORCED_TAG: "demo", FORCED_OVER_TAG: str(trained["reason"])}.items():
+        mlflow_client.set_model_version_tag(model, version, key, value)
+    typer.echo(
+        f"  {model} v{version}: champion BY HAND for the demo; its gate refused it: "
+        f"{trained['reason']}"
+    )
+
+
+def _run_loop(
+    settings: Settings, minutes: int, progress: Callable[[int], None], chunk: int = DEMO_CHUNK
+) -> None:
+    """Run the inference flow against the simulated cluster, accelerated, in chunks."""
+    from flows.inference import inference_flow
+
+    done = 0
+    while done < minutes:
+        cycles = min(chunk, minutes - done)
+        result = inference_flow(
+            actuator="simulated",
+            cycles=cycles,
+            accelerated=True,
+            ingest_every=DEMO_INGEST_EVERY,
+            monitor_every=cycles,
+            # The demo's temporary Prefect server has no deployments to trigger.
+            trigger_retraining=False,
+            state_dir=str(settings.state_dir),
+        )
+        if result["cycles"] != cycles:
+            raise RuntimeError(f"the inference flow ran {result['cycles']} of {cycles} cycles")
+        done += cycles
+        progress(done)
+
+
+def _live_report(settings: Settings, loop_start: pd.Timestamp) -> tuple[Path, str]:
+    """The loop's report: truth, decisions and the HPA/KEDA replays; returns its path."""
+    import pandas as pd
+
+    from bench.live import format_live_table, live_summary, replay_baselines, write_live_report
+    from features.offline import OfflineStore
+    from serving.actuators.simulated import SimulatedCluster
+
+    cluster = SimulatedCluster.load(settings.cluster_dir)
+    truth = cluster.truth()
+    start, stop = loop_start, cluster.clock
+    replays = replay_baselines(cluster, start, stop, truth=truth)
+    decisions = OfflineStore(settings.offline_dir).read("scaling_decisions", start=start)
+    decisions = decisions[decisions["controller"] != "reactive"]  # the history's own scaler
+    summary = live_summary(truth, replays, cluster.profiles)
+    out = settings.reports_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    index = write_live_report(
+        truth,
+        decisions,
+        replays,
+        cluster.profiles,
+        out,
+        title=f"Inference loop: {int((stop - start) / pd.Timedelta(minutes=1))} simulated minutes",
+    )
+    return index, format_live_table(summary)
 
 
 @app.command()
@@ -237,18 +360,6 @@ def _train_controller(
         f"forecasts from the {result['forecasts']}"
     )
     return result
-
-
-def _registered_policy(settings: Settings, version: str) -> Learning:
-    """Score a registered controller version as ``ppo`` (no training in the benchmark)."""
-    from autoscaler.runtime import registry_config
-    from bench.control import Learning
-    from models import registry
-    from models.controller import publish
-
-    uri = registry.version_uri(publish.MODEL_NAME, version)
-    policy, _ = publish.load_policy(registry_config(settings, publish.MODEL_NAME), uri)
-    return Learning(forecaster_minutes=None, ppo=None, policy=policy, policy_label=uri)
 
 
 @app.command("train-controller")
