@@ -182,7 +182,8 @@ def run_cycle(
     online = reader.read(list(services), with_timestamps=True)
     t_read = clock()
     frame = from_online(online, max_feature_age, now)
-    skipped = {str(s): "no online features" for s in services if s not in set(frame["service_id"])}
+    found = set(frame["service_id"])
+    skipped = {str(s): "no online features" for s in services if s not in found}
     previous = np.zeros(len(frame), dtype=np.int64)
     if "decision_ts" in online.columns and len(frame):
         by_service = online.drop_duplicates("service_id").set_index("service_id")

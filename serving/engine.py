@@ -214,15 +214,14 @@ class DecisionEngine:
         forecaster = getattr(model, "forecaster", None)
         if forecaster is None:
             raise TypeError(f"{type(model).__name__} is not a forecaster of this project")
-        from models.forecaster.package import column_name, predict_frame
+        from models.forecaster.package import predict_array
 
         table = rows[["service_id", "ts", "recent_events_120m", "hourly_events_7d"]].copy()
         table["criticality"] = pd.to_numeric(rows["criticality"], errors="coerce").fillna(2.0)
-        out = predict_frame(forecaster, table, with_anomaly=False)
         own_h, own_q = tuple(forecaster.horizons), tuple(forecaster.quantiles)
-        values = np.stack(
-            [out[column_name(h, q)].to_numpy(np.float64) for h in own_h for q in own_q], axis=1
-        ).reshape(len(rows), len(own_h), len(own_q))
+        values = np.asarray(predict_array(forecaster, table), dtype=np.float64)
+        if values.shape != (len(rows), len(own_h), len(own_q)):
+            raise ValueError(f"forecasts of shape {values.shape} for {len(rows)} services")
         if not np.isfinite(values).all():
             # A forecaster returning NaN or infinities must not reach the policy: those rows
             # go to the shield's fallback instead.
@@ -304,7 +303,10 @@ class DecisionEngine:
         """The controller package's input table (profile, state, forecasts)."""
 
         def num(name: str) -> np.ndarray:
-            return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+            column = frame[name]
+            if column.dtype.kind in "fiu":  # already numbers: to_numeric costs more
+                return column.to_numpy(dtype=np.float64)
+            return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
 
         running, starting = num("jobs_running"), num("jobs_starting")
         target = num("jobs_target")

@@ -110,8 +110,13 @@ class ControllerPackage:
 
 
 def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    column = frame[name]
+    if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
+        # Already numbers (the engine's tables): skip to_numeric, which costs more than
+        # the policy itself on a one-service decision.
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
     try:
-        values = pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=np.float64)
+        values = pd.to_numeric(column, errors="raise").to_numpy(dtype=np.float64)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"column {name!r} must be numeric: {exc}") from exc
     return values

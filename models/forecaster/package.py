@@ -20,6 +20,7 @@ Table interface (what serving and the pyfunc call), one row per service:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,17 +120,17 @@ def _matrix(frame: pd.DataFrame, column: str, width: int) -> np.ndarray:
     return mat
 
 
-def predict_frame(
-    forecaster: Forecaster, frame: pd.DataFrame, *, with_anomaly: bool = True
-) -> pd.DataFrame:
-    """Forecast every row of ``frame`` (table interface in the module docstring).
+@dataclass(frozen=True)
+class _Prepared:
+    names: list[str]
+    ts: np.ndarray
+    ts_minute: np.ndarray
+    recent: np.ndarray
+    hourly: np.ndarray
+    inputs: Any
 
-    ``with_anomaly=False`` leaves ``anomaly_score`` NaN: scoring forecasts a second
-    origin (15 minutes back), which doubles the cost for callers that do not read it.
 
-    Raises:
-        ValueError: On missing columns, wrong lengths, infinities or negative counts.
-    """
+def _prepare(forecaster: Forecaster, frame: pd.DataFrame) -> _Prepared:
     missing = [
         c for c in ("service_id", "ts", "recent_events_120m", "hourly_events_7d") if c not in frame
     ]
@@ -150,13 +151,41 @@ def predict_frame(
     crit = frame["criticality"].to_numpy(dtype=np.float64) if "criticality" in frame else None
     inputs = build_inputs(recent, hourly, ts_minute, horizons, calendar=calendar, criticality=crit)
     names = [str(s) for s in frame["service_id"]]
-    fc = forecaster.predict(inputs, names)
-    out: dict[str, Any] = {"service_id": names, "ts": ts.to_numpy()}
+    return _Prepared(names, ts.to_numpy(), ts_minute, recent, hourly, inputs)
+
+
+def predict_array(forecaster: Forecaster, frame: pd.DataFrame) -> np.ndarray:
+    """The forecasts of every row as an array (n, horizons, quantiles), no anomaly score.
+
+    Same input table and checks as :func:`predict_frame`; serving uses it to skip building
+    and re-reading a column per horizon and level.
+    """
+    prepared = _prepare(forecaster, frame)
+    return np.asarray(forecaster.predict(prepared.inputs, prepared.names))
+
+
+def predict_frame(
+    forecaster: Forecaster, frame: pd.DataFrame, *, with_anomaly: bool = True
+) -> pd.DataFrame:
+    """Forecast every row of ``frame`` (table interface in the module docstring).
+
+    ``with_anomaly=False`` leaves ``anomaly_score`` NaN: scoring forecasts a second
+    origin (15 minutes back), which doubles the cost for callers that do not read it.
+
+    Raises:
+        ValueError: On missing columns, wrong lengths, infinities or negative counts.
+    """
+    prepared = _prepare(forecaster, frame)
+    horizons = forecaster.horizons
+    fc = forecaster.predict(prepared.inputs, prepared.names)
+    out: dict[str, Any] = {"service_id": prepared.names, "ts": prepared.ts}
     for j, h in enumerate(horizons):
         for k, q in enumerate(forecaster.quantiles):
             out[column_name(h, q)] = fc[:, j, k]
     if with_anomaly and DEFAULT_LEAD in horizons and len(frame):
-        out["anomaly_score"] = latest_scores(forecaster, recent, hourly, ts_minute, names)
+        out["anomaly_score"] = latest_scores(
+            forecaster, prepared.recent, prepared.hourly, prepared.ts_minute, prepared.names
+        )
     else:
         out["anomaly_score"] = np.full(len(frame), np.nan)
     return pd.DataFrame(out)
