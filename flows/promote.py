@@ -424,17 +424,9 @@ def outcome_markdown(model_name: str, action: str, outcome: Outcome, details: st
 
 def controller_details(scores: dict[str, list[TraceScore]]) -> str:
     """Per-trace validation table (cost, SLA compliance %) of every controller replayed."""
-    who = list(scores)
-    lines = [
-        "## Validation (cost, SLA compliance %)",
-        "",
-        "| trace | " + " | ".join(who) + " |",
-        "|---|" + "---|" * len(who),
-    ]
-    for i, row in enumerate(scores[who[0]]):
-        cells = [f"{scores[w][i].cost:.2f}, {100 * scores[w][i].sla_compliance:.3f}" for w in who]
-        lines.append(f"| {row.trace} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    from models.controller import publish
+
+    return publish.validation_markdown(scores)
 
 
 def rollback_markdown(model_name: str, before: str | None, after: str) -> str:

@@ -200,7 +200,6 @@ def summary_markdown(
     scores: dict[str, list[publish.TraceScore]],
 ) -> str:
     """The run's artifact: training, validation table and the gate's decision."""
-    who = list(scores)
     lines = [
         "# Controller training",
         "",
@@ -211,14 +210,8 @@ def summary_markdown(
         f"- gate: **{'promoted to champion' if decision.promoted else 'refused'}**: "
         f"{decision.reason}",
         "",
-        "## Validation (cost, SLA compliance %)",
-        "",
-        "| trace | " + " | ".join(who) + " |",
-        "|---|" + "---|" * len(who),
+        publish.validation_markdown(scores),
     ]
-    for i, row in enumerate(scores[who[0]]):
-        cells = [f"{scores[w][i].cost:.2f}, {100 * scores[w][i].sla_compliance:.3f}" for w in who]
-        lines.append(f"| {row.trace} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

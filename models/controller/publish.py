@@ -115,6 +115,21 @@ def sla_shortfall(scores: Sequence[TraceScore], opponent: Sequence[TraceScore]) 
     return ", ".join(short) or None
 
 
+def validation_markdown(scores: Mapping[str, Sequence[TraceScore]]) -> str:
+    """Per-trace validation table (cost, SLA compliance %) of every controller replayed."""
+    who = list(scores)
+    lines = [
+        "## Validation (cost, SLA compliance %)",
+        "",
+        "| trace | " + " | ".join(who) + " |",
+        "|---|" + "---|" * len(who),
+    ]
+    for i, row in enumerate(scores[who[0]]):
+        cells = [f"{scores[w][i].cost:.2f}, {100 * scores[w][i].sla_compliance:.3f}" for w in who]
+        lines.append(f"| {row.trace} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def load_policy(config: registry.RegistryConfig, model_uri: str) -> tuple[LearnedPolicy, Any]:
     """The policy inside a registered ``scaling-controller`` (and the pyfunc itself)."""
     model = registry.load(config, model_uri)
