@@ -48,6 +48,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.inputs import DECISION_COLUMNS
 from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
@@ -258,21 +259,7 @@ REQUEST_FIELDS: tuple[str, ...] = (
 )
 """Columns of the frame handed to ``decide``, in order (see :func:`request_frame`)."""
 
-DECISION_FIELDS: tuple[str, ...] = (
-    "service_id",
-    "ts",
-    "jobs_before",
-    "jobs_after",
-    "action",
-    "proposed_jobs",
-    "shield_reason",
-    "controller",
-    "forecaster_version",
-    "controller_version",
-    "forecast_q10",
-    "forecast_q50",
-    "forecast_q90",
-)
+DECISION_FIELDS: tuple[str, ...] = DECISION_COLUMNS
 """Columns ``decide`` returns, in the order each decision is answered."""
 
 
