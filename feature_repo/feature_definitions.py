@@ -260,6 +260,18 @@ service_decisions = FeatureView(
     description="The newest scaling decision of each service.",
 )
 
+# The profile fields the controller needs beyond those already in service_control (criticality
+# and the SLA come with it; Feast refuses a feature name twice in one feature service).
+PROFILE_LIMITS = [
+    "cost_per_job_hour",
+    "daily_budget",
+    "min_jobs",
+    "max_jobs",
+    "max_step",
+    "job_capacity_eps",
+    "job_startup_s",
+]
+
 # What the event forecaster reads: traffic history, calendar, anomaly signals, sequences and
 # the static profile.
 forecaster_v1 = FeatureService(
@@ -329,17 +341,7 @@ controller_v1 = FeatureService(
     name="controller_v1",
     features=[
         service_control,
-        service_profile[
-            [
-                "cost_per_job_hour",
-                "daily_budget",
-                "min_jobs",
-                "max_jobs",
-                "max_step",
-                "job_capacity_eps",
-                "job_startup_s",
-            ]
-        ],
+        service_profile[PROFILE_LIMITS],
     ],
     description="Features of the scaling controller and its safety shield, version 1.",
 )
@@ -351,18 +353,7 @@ serving_v1 = FeatureService(
     features=[
         service_control,
         service_sequences,
-        # criticality and the SLA come with service_control.
-        service_profile[
-            [
-                "cost_per_job_hour",
-                "daily_budget",
-                "min_jobs",
-                "max_jobs",
-                "max_step",
-                "job_capacity_eps",
-                "job_startup_s",
-            ]
-        ],
+        service_profile[PROFILE_LIMITS],
         service_decisions,
     ],
     description="Everything the decision engine reads per service, version 1.",
