@@ -87,35 +87,33 @@ def plausible_frames(services: int, at: pd.Timestamp, seed: int = 0) -> Any:
     return frames
 
 
-def register_models(settings: Any) -> dict[str, str]:
-    """An untrained default forecaster and a random default PPO actor, both champion."""
+def register_untrained_forecaster(settings: Any, network: Any, members: int = 1) -> str:
+    """Register an untrained hybrid of shape ``network`` as ``event-forecaster`` (champion).
+
+    Untrained weights cost the same arithmetic as trained ones: what latency and flow tests
+    need, without a training run.
+    """
     import torch
 
     from autoscaler.runtime import registry_config
-    from bench.control import HORIZONS, QUANTILES
     from models import registry
-    from models.controller import publish
-    from models.controller.env import Randomization, RewardWeights, RuleSettings
-    from models.controller.policy_inputs import N_FEATURES
-    from models.controller.ppo import POLICY_SHIELD, LearnedPolicy, PPOConfig, PPOReport
     from models.forecaster import package
     from models.forecaster.model import HybridForecaster
-    from models.forecaster.publish import LOADER
-    from models.forecaster.train import Forecaster, TrainConfig
+    from models.forecaster.publish import LOADER, MODEL_NAME
+    from models.forecaster.train import Forecaster
 
     torch.manual_seed(0)
-    train = TrainConfig()
-    forecaster = Forecaster([HybridForecaster(train.network) for _ in range(train.members)], None)
+    forecaster = Forecaster([HybridForecaster(network) for _ in range(members)], None)
     example = package.example_frame(horizons=forecaster.horizons)
     signature = registry.infer_signature(
         example, package.predict_frame(forecaster, example), optional=package.OPTIONAL_COLUMNS
     )
-    fc_cfg = registry_config(settings, "event-forecaster")
+    config = registry_config(settings, MODEL_NAME)
     with tempfile.TemporaryDirectory() as tmp:
         folder = package.save(forecaster, Path(tmp) / "forecaster")
-        fc = registry.log_and_register(
-            fc_cfg,
-            model_name="event-forecaster",
+        version = registry.log_and_register(
+            config,
+            model_name=MODEL_NAME,
             python_model=registry.FolderModel(LOADER),
             artifacts={registry.FOLDER_ARTIFACT: str(folder)},
             signature=signature,
@@ -123,9 +121,25 @@ def register_models(settings: Any) -> dict[str, str]:
             params={},
             metrics={},
             figures={},
-            tags={"bench": "latency"},
+            tags={"untrained": "true"},
         ).version
-    registry.set_alias(fc_cfg, "event-forecaster", "champion", fc)
+    registry.set_alias(config, MODEL_NAME, registry.CHAMPION, version)
+    return version
+
+
+def register_models(settings: Any) -> dict[str, str]:
+    """An untrained default forecaster and a random default PPO actor, both champion."""
+    from autoscaler.runtime import registry_config
+    from bench.control import HORIZONS, QUANTILES
+    from models import registry
+    from models.controller import publish
+    from models.controller.env import Randomization, RewardWeights, RuleSettings
+    from models.controller.policy_inputs import N_FEATURES
+    from models.controller.ppo import POLICY_SHIELD, LearnedPolicy, PPOConfig, PPOReport
+    from models.forecaster.train import TrainConfig
+
+    train = TrainConfig()
+    fc = register_untrained_forecaster(settings, train.network, train.members)
 
     ppo = PPOConfig()
     rng = np.random.default_rng(0)

@@ -722,13 +722,7 @@ def plot_forecast(
         loc="left",
         fontsize=10,
     )
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=5, frameon=False)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_jobs(
@@ -778,6 +772,13 @@ def plot_jobs(
         )
     ax.set_ylabel("jobs")
     ax.set_title(f"{service}: jobs vs demand", loc="left", fontsize=10)
+    return _save(fig, ax, path)
+
+
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    """Legend above the plot, dates slanted, saved as PNG; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=5, frameon=False)
     fig.autofmt_xdate()
     fig.tight_layout()

@@ -6,13 +6,11 @@ flows, a small untrained forecaster and two hand-made controllers registered in 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
+from policies import register_constant
 
 from autoscaler.runtime import registry_config
 from autoscaler.settings import Settings, build_settings
@@ -26,69 +24,12 @@ CONTROLLER = "scaling-controller"
 FORECASTER = "event-forecaster"
 
 
-def constant_policy(extra_jobs: int) -> Any:
-    """A residual policy that always asks for the rule's target plus ``extra_jobs``."""
-    from models.controller.env import RuleSettings
-    from models.controller.policy_inputs import N_FEATURES
-    from models.controller.ppo import POLICY_SHIELD, LearnedPolicy, PPOConfig
-
-    limit = PPOConfig().action_limit
-    bias = np.zeros(2 * limit + 1, np.float32)
-    bias[limit + extra_jobs] = 1.0
-    layers = [
-        (np.zeros((4, N_FEATURES), np.float32), np.zeros(4, np.float32)),
-        (np.zeros((2 * limit + 1, 4), np.float32), bias),
-    ]
-    return LearnedPolicy(layers, "residual", limit, RuleSettings(), POLICY_SHIELD)
-
-
-def register_controller(settings: Settings, extra_jobs: int) -> str:
-    from bench.control import HORIZONS, QUANTILES
-    from models.controller import publish
-    from models.controller.env import Randomization, RewardWeights
-    from models.controller.ppo import PPOConfig, PPOReport
-
-    return publish.register(
-        registry_config(settings, CONTROLLER),
-        constant_policy(extra_jobs),
-        horizons=HORIZONS,
-        quantiles=QUANTILES,
-        ppo=PPOConfig(),
-        report=PPOReport(timesteps=0, seconds=0.0, stopped_by="hand-made"),
-        weights=RewardWeights(),
-        randomization=Randomization(),
-    ).version
-
-
 def register_forecaster(settings: Settings) -> str:
     """A small untrained hybrid: real code path, meaningless numbers (the flow is tested)."""
-    import torch
+    from bench.latency import register_untrained_forecaster
+    from models.forecaster.model import NetworkConfig
 
-    from models.forecaster import package
-    from models.forecaster.model import HybridForecaster, NetworkConfig
-    from models.forecaster.publish import LOADER
-    from models.forecaster.train import Forecaster
-
-    torch.manual_seed(0)
-    forecaster = Forecaster(HybridForecaster(NetworkConfig(hidden=8, heads=2)), None)
-    example = package.example_frame(horizons=forecaster.horizons)
-    signature = registry.infer_signature(
-        example, package.predict_frame(forecaster, example), optional=package.OPTIONAL_COLUMNS
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = package.save(forecaster, Path(tmp) / "forecaster")
-        return registry.log_and_register(
-            registry_config(settings, FORECASTER),
-            model_name=FORECASTER,
-            python_model=registry.FolderModel(LOADER),
-            artifacts={registry.FOLDER_ARTIFACT: str(folder)},
-            signature=signature,
-            input_example=example,
-            params={},
-            metrics={},
-            figures={},
-            tags={},
-        ).version
+    return register_untrained_forecaster(settings, NetworkConfig(hidden=8, heads=2))
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +46,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dic
     )
     features_flow(state_dir=state)
     forecaster = register_forecaster(settings)
-    plain = register_controller(settings, extra_jobs=0)
-    generous = register_controller(settings, extra_jobs=2)
-    registry.set_alias(registry_config(settings, FORECASTER), FORECASTER, "champion", forecaster)
+    plain = register_constant(settings, extra_jobs=0)
+    generous = register_constant(settings, extra_jobs=2)
     registry.set_alias(registry_config(settings, CONTROLLER), CONTROLLER, "champion", plain)
     return {
         "settings": settings,

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
+from policies import register_constant
 from typer.testing import CliRunner
 
 from autoscaler.cli import app
@@ -43,39 +43,8 @@ synthetic:
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 
 
-def constant_policy(extra_jobs: int) -> Any:
-    """A residual policy that always proposes the rule's target plus ``extra_jobs``."""
-    from models.controller.env import RuleSettings
-    from models.controller.policy_inputs import N_FEATURES
-    from models.controller.ppo import POLICY_SHIELD, LearnedPolicy, PPOConfig
-
-    limit = PPOConfig().action_limit
-    head_bias = np.zeros(2 * limit + 1, np.float32)
-    head_bias[limit + extra_jobs] = 1.0
-    layers = [
-        (np.zeros((4, N_FEATURES), np.float32), np.zeros(4, np.float32)),
-        (np.zeros((2 * limit + 1, 4), np.float32), head_bias),
-    ]
-    return LearnedPolicy(layers, "residual", limit, RuleSettings(), POLICY_SHIELD)
-
-
 def register(settings: Settings, extra_jobs: int) -> str:
-    from bench.control import HORIZONS, QUANTILES
-    from models.controller.env import Randomization, RewardWeights
-    from models.controller.ppo import PPOConfig, PPOReport
-
-    version = publish.register(
-        registry_config(settings, MODEL),
-        constant_policy(extra_jobs),
-        horizons=HORIZONS,
-        quantiles=QUANTILES,
-        ppo=PPOConfig(),
-        report=PPOReport(timesteps=0, seconds=0.0, stopped_by="hand-made"),
-        weights=RewardWeights(),
-        randomization=Randomization(),
-        tags={"extra_jobs": str(extra_jobs)},
-    )
-    return version.version
+    return register_constant(settings, extra_jobs, tags={"extra_jobs": str(extra_jobs)})
 
 
 def aliases(settings: Settings) -> dict[str, str]:

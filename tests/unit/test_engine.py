@@ -7,11 +7,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from policies import constant_policy
 
-from models.controller.env import RuleSettings
 from models.controller.package import ControllerPackage
-from models.controller.policy_inputs import N_FEATURES
-from models.controller.ppo import POLICY_SHIELD, LearnedPolicy
 from models.forecaster.model import HybridForecaster, NetworkConfig
 from models.forecaster.package import Predictor
 from models.forecaster.train import Forecaster
@@ -39,14 +37,7 @@ class Models:
 
 def constant_package(extra_jobs: int) -> ControllerPackage:
     """A residual policy that always asks for the rule's target plus ``extra_jobs``."""
-    bias = np.zeros(2 * LIMIT + 1, np.float32)
-    bias[LIMIT + extra_jobs] = 1.0
-    layers = [
-        (np.zeros((4, N_FEATURES), np.float32), np.zeros(4, np.float32)),
-        (np.zeros((2 * LIMIT + 1, 4), np.float32), bias),
-    ]
-    policy = LearnedPolicy(layers, "residual", LIMIT, RuleSettings(), POLICY_SHIELD)
-    return ControllerPackage(policy, H, Q)
+    return ControllerPackage(constant_policy(extra_jobs), H, Q)
 
 
 def tiny_forecaster() -> Predictor:
