@@ -419,6 +419,8 @@ def serve(
 ) -> None:
     """Serve the HTTP API: POST /v1/decisions, GET /healthz, GET /metrics (Prometheus).
 
+    Callers send AUTOSCALER_API_TOKEN (from the server's environment) as a bearer token.
+
     Decisions come from the champion models of the configured MLflow registry (the alias
     is checked every 30 s, so a promotion is served within that), or from the fallbacks
     while none is registered.
@@ -432,9 +434,17 @@ def serve(
     from serving.server import build_app
 
     settings = build_settings(state_dir=state_dir)
+    if settings.api_token is None:
+        typer.echo(
+            "no API token: set AUTOSCALER_API_TOKEN in the environment (callers send it as "
+            "'Authorization: Bearer <token>'); without one the API would refuse everyone",
+            err=True,
+        )
+        raise typer.Exit(code=2)
     settings.ensure_dirs()
     models = AliasCache(registry_config(settings, "serving"), max_age_s=SERVER_ALIAS_CHECK_S)
-    api = build_app(DecisionEngine(models), ServingMetrics())
+    token = settings.api_token.get_secret_value()
+    api = build_app(DecisionEngine(models), ServingMetrics(), token=token)
     uvicorn.run(api, host=host, port=port, log_level=settings.log_level.lower())
 
 

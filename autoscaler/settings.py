@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -38,6 +38,7 @@ class Settings(BaseSettings):
         freshness_minutes: Age of the newest metrics that triggers a freshness warning.
         history_days: Days of history the simulated cluster source produces.
         log_level: Minimum level of log records that are emitted.
+        api_token: Bearer token of the HTTP API (a secret: from the environment).
         mlflow_tracking_uri: MLflow tracking and registry URI; None for a SQLite file in
             the state folder (see ``mlflow_uri``).
     """
@@ -111,6 +112,13 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field(
         default="INFO",
         description="Minimum log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token callers of the HTTP API must present (AUTOSCALER_API_TOKEN); "
+            "without one the API refuses every request. Set it in the environment only."
+        ),
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,

@@ -21,6 +21,7 @@ Run it with uvicorn's factory mode on an entry point that builds the engine, e.g
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -76,6 +77,7 @@ MAX_LISTED_ERRORS = 20
 SERVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 ErrorKind = Literal[
+    "unauthorized",
     "bad_request",
     "malformed_json",
     "validation_error",
@@ -261,6 +263,29 @@ REQUEST_FIELDS: tuple[str, ...] = (
 
 DECISION_FIELDS: tuple[str, ...] = DECISION_COLUMNS
 """Columns ``decide`` returns, in the order each decision is answered."""
+
+
+def _authorized(request: Request, token: str | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (constant-time check)."""
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _authorize(request: Request, token: str | None) -> None:
+    """Raise a 401 unless :func:`_authorized`."""
+    if _authorized(request, token):
+        return
+    detail = (
+        "the server has no API token configured (set AUTOSCALER_API_TOKEN), so no request "
+        "is accepted"
+        if not token
+        else "send the API token as 'Authorization: Bearer <token>'"
+    )
+    raise ApiError(401, "unauthorized", detail)
 
 
 def _naive_utc(ts: datetime) -> datetime:
@@ -663,11 +688,17 @@ def create_app(
     health: Callable[[], dict[str, Any]],
     metrics: ServingMetrics,
     *,
+    token: str | None,
     max_services: int = DEFAULT_MAX_SERVICES,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     clock: Callable[[], datetime] = _utc_now,
 ) -> FastAPI:
     """Build the HTTP API around a decision engine.
+
+    Every request to ``/v1/decisions`` and ``/metrics`` must carry
+    ``Authorization: Bearer <token>``; without a configured token nothing gets in (401).
+    ``/healthz`` answers anyone with its status only (for liveness probes) and with the
+    full report to an authorized caller.
 
     Args:
         decide: Input frame (:func:`request_frame`) to decision frame
@@ -680,6 +711,8 @@ def create_app(
             (plus anything JSON-encodable); sent as is, 200 unless unavailable.
         metrics: Where decisions, latency and requests are counted; ``/metrics``
             exposes it.
+        token: The bearer token callers must present (from the environment at the entry
+            point); None refuses every protected request.
         max_services: Most services per request (more is a 422).
         max_body_bytes: Largest request body (more is a 413, refused before parsing).
         clock: Server time (aware, or naive UTC) used to refuse a ``ts`` more than
@@ -705,7 +738,7 @@ def create_app(
     )
     error_responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": HTTPStatus(code).phrase}
-        for code in (400, 413, 415, 422, 500, 503)
+        for code in (400, 401, 413, 415, 422, 500, 503)
     }
 
     @app.post(
@@ -721,12 +754,14 @@ def create_app(
     )
     async def post_decisions(request: Request) -> Response:
         """Decide the job count of each service in the body."""
+        # Before anything is read: an unauthorized caller gets no work done, however large.
+        _authorize(request, token)
         _check_json_content_type(request)
         body = await _read_body(request, max_body_bytes)
         return await run_in_threadpool(handler, body)
 
     @app.get("/healthz", response_model=None, responses={503: {"model": ErrorBody}})
-    def get_healthz() -> Response:
+    def get_healthz(request: Request) -> Response:
         """The engine's health: 200 when it can decide, 503 when it cannot."""
         try:
             report = health()
@@ -734,16 +769,23 @@ def create_app(
             logger.exception("health check failed")
             return _error_response(503, "not_ready", "health check failed; see the server log")
         code = 200 if report.get("status") in ("ok", "degraded") else 503
+        if not _authorized(request, token):
+            # Model versions and error texts are for authorized callers only.
+            report = {"status": report.get("status")}
         return JSONResponse(jsonable_encoder(report), status_code=code)
 
     @app.get("/metrics", response_model=None)
-    def get_metrics() -> Response:
+    def get_metrics(request: Request) -> Response:
         """Prometheus exposition of the serving metrics."""
+        _authorize(request, token)
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> Response:
-        return _error_response(exc.status, exc.kind, exc.detail)
+        response = _error_response(exc.status, exc.kind, exc.detail)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -25,6 +25,7 @@ def build_app(
     engine: DecisionEngine,
     metrics: ServingMetrics,
     *,
+    token: str | None,
     max_services: int = 1000,
     max_body_bytes: int = 4 * 1024 * 1024,
 ) -> FastAPI:
@@ -33,6 +34,7 @@ def build_app(
     Args:
         engine: The decision engine (its models followed by alias).
         metrics: Where the app and the engine record their metrics.
+        token: The bearer token callers must present; None lets nobody in.
         max_services: Services one request may carry.
         max_body_bytes: Largest request body accepted.
 
@@ -74,5 +76,10 @@ def build_app(
         }
 
     return create_app(
-        decide, health, metrics, max_services=max_services, max_body_bytes=max_body_bytes
+        decide,
+        health,
+        metrics,
+        token=token,
+        max_services=max_services,
+        max_body_bytes=max_body_bytes,
     )

@@ -126,6 +126,10 @@ class Engine:
         )
 
 
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def make_client(
     engine: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
@@ -136,10 +140,11 @@ def make_client(
         engine if engine is not None else Engine(),
         health if health is not None else (lambda: {"status": "ok", "models": {}}),
         metrics if metrics is not None else ServingMetrics(),
+        token=TOKEN,
         clock=lambda: NOW,
         **limits,
     )
-    return TestClient(app)
+    return TestClient(app, headers=AUTH)
 
 
 @pytest.fixture
@@ -508,7 +513,11 @@ def _asgi_post(app: FastAPI, headers: list[tuple[bytes, bytes]], chunks: list[by
         "raw_path": b"/v1/decisions",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), *headers],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            *headers,
+        ],
         "client": ("127.0.0.1", 1),
         "server": ("testserver", 80),
     }
@@ -518,7 +527,9 @@ def _asgi_post(app: FastAPI, headers: list[tuple[bytes, bytes]], chunks: list[by
 
 
 def test_body_limit_stops_reading_early() -> None:
-    app = create_app(Engine(), lambda: {"status": "ok"}, ServingMetrics(), max_body_bytes=2500)
+    app = create_app(
+        Engine(), lambda: {"status": "ok"}, ServingMetrics(), token=TOKEN, max_body_bytes=2500
+    )
     # Declared too large: refused without reading a byte.
     status, body, pulled = _asgi_post(app, [(b"content-length", b"10000000")], [b"x" * 1000] * 50)
     assert (status, body["error"], pulled) == (413, "payload_too_large", 0)
@@ -655,7 +666,9 @@ def test_openapi_documents_the_request_schema() -> None:
 
 def test_create_app_refuses_bad_limits() -> None:
     with pytest.raises(ValueError, match="max_services"):
-        create_app(Engine(), lambda: {"status": "ok"}, ServingMetrics(), max_services=0)
+        create_app(
+            Engine(), lambda: {"status": "ok"}, ServingMetrics(), token=TOKEN, max_services=0
+        )
 
 
 def test_engine_output_types_are_made_json_safe() -> None:
@@ -672,3 +685,63 @@ def test_engine_output_types_are_made_json_safe() -> None:
     decision = response.json()["decisions"][0]
     assert decision["ts"] == "2026-03-02T11:59:00Z"  # back in UTC
     assert decision["controller_version"] == "7"
+
+
+# ------------------------------------------------------------------------ authentication
+
+
+def _unauthorized(response: Any) -> None:
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"bearer{TOKEN}"},
+        {"Authorization": "Bearer "},
+    ],
+    ids=["none", "wrong", "basic-scheme", "no-space", "empty"],
+)
+def test_decisions_and_metrics_need_the_token(engine: Engine, headers: dict[str, str]) -> None:
+    app = create_app(
+        engine, lambda: {"status": "ok", "models": {"x": "1"}}, ServingMetrics(), token=TOKEN
+    )
+    anonymous = TestClient(app)
+    _unauthorized(anonymous.post("/v1/decisions", json={"services": [service()]}, headers=headers))
+    _unauthorized(anonymous.get("/metrics", headers=headers))
+    assert engine.frames == []  # the engine never saw the request
+    # The health probe answers anyone, with its status only.
+    health = anonymous.get("/healthz", headers=headers)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+def test_the_right_token_gets_in_and_sees_the_full_health(engine: Engine) -> None:
+    app = create_app(
+        engine, lambda: {"status": "ok", "models": {"x": "1"}}, ServingMetrics(), token=TOKEN
+    )
+    authorized = TestClient(app, headers=AUTH)
+    assert authorized.post("/v1/decisions", json={"services": [service()]}).status_code == 200
+    assert authorized.get("/metrics").status_code == 200
+    assert authorized.get("/healthz").json() == {"status": "ok", "models": {"x": "1"}}
+
+
+def test_without_a_configured_token_nobody_gets_in(engine: Engine) -> None:
+    app = create_app(engine, lambda: {"status": "ok"}, ServingMetrics(), token=None)
+    response = TestClient(app, headers=AUTH).post("/v1/decisions", json={"services": [service()]})
+    _unauthorized(response)
+    assert "AUTOSCALER_API_TOKEN" in response.json()["detail"]
+    assert engine.frames == []
+
+
+def test_the_token_is_checked_before_the_body_is_read() -> None:
+    app = create_app(
+        Engine(), lambda: {"status": "ok"}, ServingMetrics(), token="other", max_body_bytes=2500
+    )
+    # An unauthorized caller with a huge body is refused without a byte read.
+    status, body, pulled = _asgi_post(app, [], [b"x" * 1000] * 50)
+    assert (status, body["error"], pulled) == (401, "unauthorized", 0)

@@ -53,7 +53,10 @@ def body(n: int = 2, **state: Any) -> dict[str, Any]:
 
 
 def client(engine: DecisionEngine) -> TestClient:
-    return TestClient(build_app(engine, ServingMetrics()))
+    return TestClient(
+        build_app(engine, ServingMetrics(), token="t0ken"),
+        headers={"Authorization": "Bearer t0ken"},
+    )
 
 
 def test_fallback_engine_answers_and_says_it_is_degraded() -> None:

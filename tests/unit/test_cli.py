@@ -126,3 +126,10 @@ def test_demo_runs_the_loop_and_writes_the_report(tmp_path: Path) -> None:
     assert len(pngs) == 6  # forecast and jobs plots of the three services
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.name in html for p in pngs)
     assert "predictive-rule" in html  # who decided, said on the page
+
+
+def test_serve_refuses_to_start_without_an_api_token(tmp_path: Path) -> None:
+    env = {**ENV, "AUTOSCALER_STATE_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["serve"], env={**env, "AUTOSCALER_API_TOKEN": ""})
+    assert result.exit_code == 2
+    assert "set AUTOSCALER_API_TOKEN" in result.stderr
