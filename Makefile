@@ -1,6 +1,6 @@
 # Set-up and everyday tasks. Every tool runs from .venv/bin; nothing needs activating.
 #   make demo    set up .venv, then run the demo
-#   make test    set up .venv, then ruff, mypy and pytest
+#   make test    set up .venv, then ruff, mypy, bandit and pytest
 #   make bench   control benchmark, JSON to .state/bench/control.json
 #   make lock    re-resolve requirements.lock from pyproject.toml (keeps current pins;
 #                upgrade one with: make lock UPGRADE="-P pyarrow", or all with UPGRADE=--upgrade)
@@ -14,6 +14,8 @@ STAMP := $(VENV)/.installed
 LOCK_VENV ?= .state/lock-venv
 PIP_TOOLS_VERSION := 7.6.2
 UPGRADE ?=
+# The project's own code, as bandit scans it (tests use assert and subprocess by design).
+PACKAGES := autoscaler simulator features models serving flows bench feature_repo
 
 .PHONY: venv test demo bench lock clean
 
@@ -30,6 +32,7 @@ $(STAMP): requirements.lock pyproject.toml $(wildcard */__init__.py)
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/bandit -q --severity-level medium -r $(PACKAGES)
 	$(BIN)/pytest -q
 
 demo: venv
