@@ -25,7 +25,7 @@ import pandas as pd
 
 from serving.actuators.base import Actuation, Actuator
 from serving.engine import DecisionEngine
-from serving.inputs import epoch_seconds, from_online
+from serving.inputs import DECISION_COLUMNS, epoch_seconds, from_online
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -179,7 +179,20 @@ def run_cycle(
         The cycle's report.
     """
     t0 = clock()
-    online = reader.read(list(services), with_timestamps=True)
+    try:
+        online = reader.read(list(services), with_timestamps=True)
+    except Exception as error:  # any backend's failure: no features, so nothing is decided
+        # Without features nothing can be decided sensibly; every target stays as it is
+        # (the platform keeps its jobs) and the next cycle tries again.
+        why = f"online store unreachable: {type(error).__name__}: {error}"
+        logger.error("cycle at %s: %s; no service decided, targets unchanged", now, why)
+        return CycleReport(
+            now=now,
+            decisions=pd.DataFrame(columns=list(DECISION_COLUMNS)),
+            skipped={str(s): why for s in services},
+            models=engine.used.as_dict(),
+            seconds={"read": clock() - t0, "total": clock() - t0},
+        )
     t_read = clock()
     frame = from_online(online, max_feature_age, now)
     found = set(frame["service_id"])
@@ -204,7 +217,14 @@ def run_cycle(
     targets = dict(
         zip(decisions["service_id"], decisions["jobs_after"].astype(int).tolist(), strict=True)
     )
-    actuations = actuator.apply(targets) if targets else []
+    try:
+        actuations = actuator.apply(targets) if targets else []
+    except Exception as error:  # an actuator that fails as a whole fails every service
+        why = f"{type(error).__name__}: {error}"
+        actuations = [
+            Actuation(service_id=sid, target=target, applied=False, error=why)
+            for sid, target in targets.items()
+        ]
     t_act = clock()
     # The target in force next cycle: the decided one, unless actuation failed (a dry
     # run applies nothing but carries its own decisions forward, as a shadow controller).

@@ -7,8 +7,9 @@ made by hand in the MLflow UI is used from the next cycle on.
 
 When a model cannot be had, the engine still decides, and says how in each decision:
 
-* no forecaster: the quantiles of each service's last :data:`FALLBACK_WINDOW` minutes
-  stand in for every horizon (``forecaster_version`` is null);
+* no forecaster, a forecaster that fails, or one that returns NaN, infinite or negative
+  values for a service: the quantiles of that service's last :data:`FALLBACK_WINDOW`
+  minutes stand in for every horizon (its ``forecaster_version`` is null);
 * no controller: the predictive rule behind the same safety shield
   (``controller = "predictive-rule"``);
 * a stale or unusable row: no forecast, so the shield's fallback (reactive, never scales
@@ -171,9 +172,11 @@ class DecisionEngine:
         horizons: tuple[int, ...],
         levels: tuple[float, ...],
         used: ModelsUsed,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Forecasts on (horizons x levels) and the logged one-minute levels, NaN where none."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forecasts on (horizons x levels), the logged one-minute levels (NaN where none)
+        and, per row, whether the forecaster made them (else the fallback did)."""
         from features.engineering import RECENT_MINUTES
+        from models.controller.hybrid_provider import regrid
 
         n = len(frame)
         recent = _matrix(frame["recent_events_120m"], RECENT_MINUTES)
@@ -182,29 +185,39 @@ class DecisionEngine:
             usable &= ~frame["stale"].fillna(False).to_numpy(dtype=bool)
         grid = np.full((n, len(horizons), len(levels)), np.nan)
         logged = np.full((n, len(LOGGED_LEVELS)), np.nan)
+        from_model = np.zeros(n, dtype=bool)
         if not usable.any():
-            return grid, logged
+            return grid, logged, from_model
         got = self._get(FORECASTER, used)
         if got is not None:
             try:
                 own, own_h, own_q = self._hybrid(got[0], frame[usable])
-                used.forecaster_version = got[1]
-            except (ValueError, TypeError) as error:
-                used.problems[FORECASTER] = f"forecast failed: {error}"
+            except Exception as error:  # a failing model must not stop the cycle
+                used.problems[FORECASTER] = f"forecast failed: {type(error).__name__}: {error}"
                 logger.warning("forecaster v%s failed (%s); using the fallback", got[1], error)
-                own = None
-        else:
-            own = None
-        if own is None:
-            own_h, own_q = (1, max(horizons)), (0.05, 0.1, 0.5, 0.9, 0.95)
-            window = recent[usable, -FALLBACK_WINDOW:]
-            per_level = np.quantile(window, own_q, axis=1).T  # (n, Q)
-            own = np.repeat(per_level[:, None, :], len(own_h), axis=1)
-        from models.controller.hybrid_provider import regrid
-
-        grid[usable] = regrid(own, own_h, own_q, horizons, levels)
-        logged[usable] = regrid(own, own_h, own_q, (1,), LOGGED_LEVELS)[:, 0, :]
-        return grid, logged
+            else:
+                # A forecaster returning NaN or infinities must not reach the policy: those
+                # rows get the fallback forecast instead.
+                finite = np.isfinite(own).all(axis=(1, 2)) & (own >= 0).all(axis=(1, 2))
+                rows = np.flatnonzero(usable)[finite]
+                if len(rows):
+                    grid[rows] = regrid(own[finite], own_h, own_q, horizons, levels)
+                    logged[rows] = regrid(own[finite], own_h, own_q, (1,), LOGGED_LEVELS)[:, 0]
+                    from_model[rows] = True
+                    used.forecaster_version = got[1]
+                if not finite.all():
+                    used.problems[FORECASTER] = (
+                        f"v{got[1]} returned non-finite or negative forecasts for "
+                        f"{int((~finite).sum())} service(s); the fallback forecast served them"
+                    )
+        rest = usable & ~from_model
+        if rest.any():
+            fb_h, fb_q = (1, max(horizons)), (0.05, 0.1, 0.5, 0.9, 0.95)
+            per_level = np.quantile(recent[rest, -FALLBACK_WINDOW:], fb_q, axis=1).T  # (n, Q)
+            fallback = np.repeat(per_level[:, None, :], len(fb_h), axis=1)
+            grid[rest] = regrid(fallback, fb_h, fb_q, horizons, levels)
+            logged[rest] = regrid(fallback, fb_h, fb_q, (1,), LOGGED_LEVELS)[:, 0, :]
+        return grid, logged, from_model
 
     @staticmethod
     def _hybrid(
@@ -222,10 +235,6 @@ class DecisionEngine:
         values = np.asarray(predict_array(forecaster, table), dtype=np.float64)
         if values.shape != (len(rows), len(own_h), len(own_q)):
             raise ValueError(f"forecasts of shape {values.shape} for {len(rows)} services")
-        if not np.isfinite(values).all():
-            # A forecaster returning NaN or infinities must not reach the policy: those rows
-            # go to the shield's fallback instead.
-            values = np.where(np.isfinite(values), values, np.nan)
         return values, own_h, own_q
 
     # -- deciding --------------------------------------------------------------------------
@@ -261,7 +270,7 @@ class DecisionEngine:
             used.problems[CONTROLLER] = f"{type(got[0]).__name__} is not a controller package"
         horizons = package.horizons if package else self.config.control_horizons
         levels = package.quantiles if package else self.config.control_levels
-        grid, logged = self._forecast(frame, horizons, levels, used)
+        grid, logged, from_model = self._forecast(frame, horizons, levels, used)
         table = self._controller_table(frame, grid, horizons, levels)
         if package is not None:
             out = decide_frame(package, table)
@@ -285,7 +294,7 @@ class DecisionEngine:
                 "proposed_jobs": out["proposed_jobs"].to_numpy(dtype=np.float64),
                 "shield_reason": out["shield_reason"].astype(str).to_numpy(),
                 "controller": controller,
-                "forecaster_version": used.forecaster_version,
+                "forecaster_version": [used.forecaster_version if m else None for m in from_model],
                 "controller_version": used.controller_version,
                 "forecast_q10": logged[:, 0],
                 "forecast_q50": logged[:, 1],

@@ -176,3 +176,48 @@ def test_the_http_api_sends_the_engine_its_own_table() -> None:
 
     assert api.REQUEST_FIELDS == REQUEST_COLUMNS
     assert api.DECISION_FIELDS == DECISION_COLUMNS
+
+
+class BrokenForecaster:
+    """A forecaster of the hybrid's shape that returns ``value`` for chosen services."""
+
+    def __init__(self, value: float, bad: set[str] | None = None, error: bool = False) -> None:
+        real = tiny_forecaster().forecaster
+        self.horizons, self.quantiles = real.horizons, real.quantiles
+        self.real, self.value, self.bad, self.error = real, value, bad, error
+
+    def predict(self, inputs: Any, names: list[str]) -> np.ndarray:
+        if self.error:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        out = np.array(self.real.predict(inputs, names), dtype=np.float64)
+        for i, name in enumerate(names):
+            if self.bad is None or name in self.bad:
+                out[i] = self.value
+        return out
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -5.0])
+def test_bad_forecasts_are_replaced_per_service_by_the_fallback(value: float) -> None:
+    forecaster = Predictor(BrokenForecaster(value, bad={"svc-1"}))  # type: ignore[arg-type]
+    models = Models({FORECASTER: (forecaster, "7"), CONTROLLER: (constant_package(0), "3")})
+    engine = DecisionEngine(models)
+    frame = request()
+    out = engine.decide(frame)
+    # The other services keep the model's forecasts; svc-1 gets the recent-window ones.
+    assert out["forecaster_version"].tolist() == ["7", None, "7"]
+    recent = np.array(frame["recent_events_120m"].tolist())[1, -FALLBACK_WINDOW:]
+    assert out.loc[1, "forecast_q50"] == pytest.approx(np.median(recent))
+    # The policy still decides for every service, from finite forecasts.
+    assert (out["controller"] == "ppo").all()
+    assert not out["shield_reason"].str.startswith("fallback").any()
+    assert "svc" not in engine.used.problems[FORECASTER]  # counts, not ids, in the message
+    assert "1 service(s)" in engine.used.problems[FORECASTER]
+
+
+def test_a_crashing_forecaster_does_not_stop_the_decisions() -> None:
+    forecaster = Predictor(BrokenForecaster(0.0, error=True))  # type: ignore[arg-type]
+    engine = DecisionEngine(Models({FORECASTER: (forecaster, "7")}))
+    out = engine.decide(request())
+    assert len(out) == 3 and out["forecaster_version"].isna().all()
+    assert "RuntimeError" in engine.used.problems[FORECASTER]
+    assert np.isfinite(out["forecast_q50"]).all()

@@ -1,0 +1,125 @@
+"""One inference cycle under faults: the online store or the actuator failing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_engine import request
+
+from serving.actuators.base import Actuation
+from serving.cycle import run_cycle
+from serving.engine import DecisionEngine
+from serving.inputs import epoch_seconds
+from serving.metrics import ServingMetrics
+
+NOW = pd.Timestamp("2026-11-27 12:01")
+
+
+class Reader:
+    """Serves a fixed online read, or raises ``error``."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        online = request()
+        online["recent_events_120m__ts"] = epoch_seconds(online["ts"] + pd.Timedelta(minutes=1))
+        self.online = online
+        self.error = error
+
+    def read(self, services: Sequence[str], *, with_timestamps: bool = False) -> pd.DataFrame:
+        if self.error is not None:
+            raise self.error
+        return self.online[self.online["service_id"].isin(list(services))]
+
+
+class Actuator:
+    """Records targets; raises ``error`` or fails the services in ``failing``."""
+
+    name = "fake"
+
+    def __init__(self, error: Exception | None = None, failing: set[str] | None = None) -> None:
+        self.error = error
+        self.failing = failing or set()
+        self.calls: list[dict[str, int]] = []
+
+    def current(self, services: Sequence[str]) -> dict[str, int | None]:
+        return {}
+
+    def apply(self, targets: Mapping[str, int]) -> list[Actuation]:
+        self.calls.append(dict(targets))
+        if self.error is not None:
+            raise self.error
+        return [
+            Actuation(
+                sid,
+                t,
+                applied=sid not in self.failing,
+                error="HTTP 503" if sid in self.failing else None,
+            )
+            for sid, t in targets.items()
+        ]
+
+
+class Log:
+    """Records what the cycle logs."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]] = []
+
+    def write(self, decisions: pd.DataFrame, previous: np.ndarray, in_force: np.ndarray) -> None:
+        self.writes.append((decisions, previous, in_force))
+
+
+SERVICES = ["svc-0", "svc-1", "svc-2"]
+
+
+def cycle(reader: Reader, actuator: Actuator, log: Log, metrics: Any = None) -> Any:
+    return run_cycle(
+        DecisionEngine(None),
+        reader,
+        actuator,
+        log,
+        SERVICES,
+        NOW,  # type: ignore[arg-type]
+        max_feature_age=pd.Timedelta(minutes=5),
+        metrics=metrics,
+    )
+
+
+def test_an_unreachable_online_store_decides_nothing_and_says_why() -> None:
+    actuator, log = Actuator(), Log()
+    report = cycle(Reader(ConnectionError("redis:6379 refused")), actuator, log)
+    assert report.decisions.empty
+    assert set(report.skipped) == set(SERVICES)
+    assert all(
+        "online store unreachable: ConnectionError" in why for why in report.skipped.values()
+    )
+    assert actuator.calls == [] and log.writes == []
+    # The store is back: the next cycle decides again.
+    assert len(cycle(Reader(), actuator, log).decisions) == 3
+
+
+@pytest.mark.parametrize("error", [TimeoutError("no answer in 10 s"), OSError("network down")])
+def test_an_actuator_that_fails_keeps_the_old_targets_in_force(error: Exception) -> None:
+    metrics = ServingMetrics()
+    actuator, log = Actuator(error=error), Log()
+    report = cycle(Reader(), actuator, log, metrics)
+    decisions, _, in_force = log.writes[0]
+    # Decided and logged, but what is in force next cycle is what was there before.
+    assert len(decisions) == 3 and (decisions["jobs_after"] != decisions["jobs_before"]).any()
+    np.testing.assert_array_equal(in_force, decisions["jobs_before"].to_numpy())
+    assert len(report.failed_actuations) == 3
+    assert all(type(error).__name__ in (a.error or "") for a in report.failed_actuations)
+    assert b'autoscaler_actuation_errors_total{actuator="fake"} 3.0' in metrics.exposition()
+
+
+def test_one_failing_service_does_not_hold_back_the_others() -> None:
+    actuator, log = Actuator(failing={"svc-1"}), Log()
+    report = cycle(Reader(), actuator, log)
+    decisions, _, in_force = log.writes[0]
+    expected = decisions["jobs_after"].to_numpy().copy()
+    expected[1] = decisions["jobs_before"].iloc[1]
+    np.testing.assert_array_equal(in_force, expected)
+    assert [a.service_id for a in report.failed_actuations] == ["svc-1"]
