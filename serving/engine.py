@@ -162,6 +162,13 @@ class DecisionEngine:
                 self._warned[name] = problem
             return None
         self._warned.pop(name, None)
+        stale = getattr(self.models, "last_error", None)
+        if stale is not None:
+            # The registry failed but a loaded version still serves: say so with each cycle.
+            used.problems[name] = (
+                f"registry check failed ({type(stale).__name__}: {stale}); "
+                f"serving the cached version {version}"
+            )
         return _unwrap(model), version
 
     # -- forecasting -----------------------------------------------------------------------
