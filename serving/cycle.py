@@ -1,10 +1,11 @@
-"""One inference cycle: online features -> engine -> actuator -> decision log.
+"""One inference cycle: online features -> engine -> decision log -> actuator -> online.
 
-:func:`run_cycle` reads every service's features in one online call, decides for all of
-them in one engine call, applies the targets and logs the decisions: appended to the
-offline ``scaling_decisions`` table (idempotent on service and minute) and pushed to the
-online ``service_decisions`` view, from which the next cycle reads the target in force
-and when it last changed.
+:func:`run_cycle` reads every service's features in one online call and decides for all of
+them in one engine call. The decisions are appended to the offline ``scaling_decisions``
+table (idempotent on service and minute) *before* any target is applied, so every applied
+decision is on record even if the cycle dies next. The targets are then applied, and the
+target in force is pushed to the online ``service_decisions`` view, from which the next
+cycle reads it and when it last changed.
 
 A service already decided for this minute (its online decision is for the same minute
 or later) is skipped, so a cycle that runs twice for one minute, or overlaps another,
@@ -100,13 +101,28 @@ class DecisionLog:
         self.offline = offline
         self.store = store
 
-    def write(
+    def record(self, decisions: pd.DataFrame) -> None:
+        """Append ``decisions`` to the offline table, before anything is applied.
+
+        Write-ahead: a cycle that dies here has applied nothing, and a decision that was
+        applied is always on record (appending the same minute again replaces the row).
+        """
+        from features.contracts import conform
+
+        if decisions.empty:
+            return
+        self.offline.append("scaling_decisions", conform(decisions, "scaling_decisions").frame)
+
+    def publish(
         self,
         decisions: pd.DataFrame,
         previous_change: np.ndarray,
         in_force: np.ndarray,
     ) -> None:
-        """Log ``decisions``.
+        """Push the target in force after actuation to the online store.
+
+        This marks the minute as decided; a cycle that dies before it is decided again
+        by its rerun (the actuators set targets, so that is harmless).
 
         Args:
             decisions: The engine's decisions.
@@ -115,12 +131,7 @@ class DecisionLog:
             in_force: Per decision, the target in force after actuation (the old one
                 where actuation failed), which the next cycle starts from.
         """
-        from features.contracts import conform
-
-        if decisions.empty:
-            return
-        self.offline.append("scaling_decisions", conform(decisions, "scaling_decisions").frame)
-        if self.store is None:
+        if decisions.empty or self.store is None:
             return
         from features.store import push_online
 
@@ -214,6 +225,9 @@ def run_cycle(
         frame = frame[~again].reset_index(drop=True)
     decisions = engine.decide(frame)
     t_decide = clock()
+    if log is not None:
+        log.record(decisions)
+    t_record = clock()
     targets = dict(
         zip(decisions["service_id"], decisions["jobs_after"].astype(int).tolist(), strict=True)
     )
@@ -235,7 +249,7 @@ def run_cycle(
         decisions["jobs_after"].to_numpy(dtype=np.int64),
     )
     if log is not None:
-        log.write(decisions, previous, in_force)
+        log.publish(decisions, previous, in_force)
     t_log = clock()
     report = CycleReport(
         now=now,
@@ -246,8 +260,8 @@ def run_cycle(
         seconds={
             "read": t_read - t0,
             "decide": t_decide - t_read,
-            "act": t_act - t_decide,
-            "log": t_log - t_act,
+            "act": t_act - t_record,
+            "log": (t_record - t_decide) + (t_log - t_act),
             "total": t_log - t0,
         },
     )

@@ -43,12 +43,15 @@ class Actuator:
         self.error = error
         self.failing = failing or set()
         self.calls: list[dict[str, int]] = []
+        self.log: Log | None = None
 
     def current(self, services: Sequence[str]) -> dict[str, int | None]:
         return {}
 
     def apply(self, targets: Mapping[str, int]) -> list[Actuation]:
         self.calls.append(dict(targets))
+        if self.log is not None:
+            self.log.events.append("apply")
         if self.error is not None:
             raise self.error
         return [
@@ -63,12 +66,17 @@ class Actuator:
 
 
 class Log:
-    """Records what the cycle logs."""
+    """Records what the cycle logs, in order."""
 
     def __init__(self) -> None:
+        self.events: list[str] = []
         self.writes: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]] = []
 
-    def write(self, decisions: pd.DataFrame, previous: np.ndarray, in_force: np.ndarray) -> None:
+    def record(self, decisions: pd.DataFrame) -> None:
+        self.events.append("record")
+
+    def publish(self, decisions: pd.DataFrame, previous: np.ndarray, in_force: np.ndarray) -> None:
+        self.events.append("publish")
         self.writes.append((decisions, previous, in_force))
 
 
@@ -123,3 +131,11 @@ def test_one_failing_service_does_not_hold_back_the_others() -> None:
     expected[1] = decisions["jobs_before"].iloc[1]
     np.testing.assert_array_equal(in_force, expected)
     assert [a.service_id for a in report.failed_actuations] == ["svc-1"]
+
+
+def test_decisions_are_on_record_before_any_target_is_applied() -> None:
+    log = Log()
+    actuator = Actuator()
+    actuator.log = log
+    cycle(Reader(), actuator, log)
+    assert log.events == ["record", "apply", "publish"]
