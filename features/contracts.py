@@ -415,6 +415,8 @@ def _coerce(values: pd.Series, kind: Kind) -> pd.Series:
         mapped = values.map(_parse_bool)
         return mapped.astype("boolean")
     numeric = pd.to_numeric(values, errors="coerce")
+    # An infinite count, rate or duration is no measurement: unparseable, like text.
+    numeric = numeric.where(~np.isinf(numeric.astype("float64")))
     if kind == "int":
         whole = numeric.where(numeric.isna() | (numeric == np.floor(numeric)))
         return whole.astype("Float64").astype("Int64")

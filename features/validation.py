@@ -567,8 +567,9 @@ def _failures(
     unparseable = {c: np.asarray(r, dtype=np.int64) for c, r in conformed.unparseable.items()}
     for col, rows in unparseable.items():
         kind = spec.column(col).kind if col in spec.names else "its type"
+        what = f"a finite {kind}" if kind in ("float", "int") else kind
         row_failures.append(
-            _RowFailure("parse", "parse", col, f"value(s) that cannot be read as {kind}", rows)
+            _RowFailure("parse", "parse", col, f"value(s) that cannot be read as {what}", rows)
         )
     for res in ge_result["results"]:
         if res["success"]:

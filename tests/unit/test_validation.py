@@ -319,7 +319,7 @@ def test_unparseable_value_is_a_parse_failure(validator: BatchValidator) -> None
     parse_b = [f for f in result.services["b"].failures if f.expectation == "parse"]
     assert parse_b == [
         Failure(
-            "parse", "events_in", "events_in: 1 value(s) that cannot be read as float (row 8)", (8,)
+            "parse", "events_in", "events_in: 1 value(s) that cannot be read as a finite float (row 8)", (8,)
         )
     ]
     parse_a = [f for f in result.services["a"].failures if f.expectation == "parse"]
@@ -328,6 +328,17 @@ def test_unparseable_value_is_a_parse_failure(validator: BatchValidator) -> None
     assert all(f.expectation == "parse" for f in result.services["b"].failures)
     assert all(f.expectation == "parse" for f in result.services["a"].failures)
     assert result.ge_result["parse_failures"] == {"ts": [0], "events_in": [8]}
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, "inf", "-Infinity"])
+def test_infinite_value_is_rejected(validator: BatchValidator, value: object) -> None:
+    raw = events().astype({"events_in": object})
+    raw.loc[row(0, 2), "events_in"] = value
+    result = check(validator, raw)
+    assert result.accepted_services == ["b"]
+    failure = only_failure(result, "a")
+    assert failure.column == "events_in"
+    assert "cannot be read as a finite float" in failure.reason
 
 
 def test_duplicate_keys_reject_their_service(validator: BatchValidator) -> None:
@@ -583,7 +594,7 @@ def test_quarantine_writes_raw_rows_json_and_html(
     page = (folder / "report.html").read_text()
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "events_in: 1 value(s) that cannot be read as float (row 8)" in page
+    assert "events_in: 1 value(s) that cannot be read as a finite float (row 8)" in page
 
 
 def test_quarantine_is_idempotent_and_listed(validator: BatchValidator, tmp_path: Path) -> None:
