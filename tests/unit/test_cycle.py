@@ -139,3 +139,22 @@ def test_decisions_are_on_record_before_any_target_is_applied() -> None:
     actuator.log = log
     cycle(Reader(), actuator, log)
     assert log.events == ["record", "apply", "publish"]
+
+
+def test_stale_features_get_the_shields_fallback_and_never_scale_down() -> None:
+    reader = Reader()
+    reader.online["jobs_running"] = 9  # more than the traffic needs: a rule would scale down
+    reader.online["recent_events_120m__ts"] -= 10 * 60  # ten minutes old: stale at NOW
+    log = Log()
+    report = cycle(reader, Actuator(), log)
+    out = report.decisions
+    assert len(out) == 3
+    assert out["shield_reason"].str.startswith("fallback").all()
+    assert (out["jobs_after"] >= 9).all()
+    assert out["forecast_q50"].isna().all()
+    # Fresh again: the rule decides from forecasts and may scale down.
+    fresh = Reader()
+    fresh.online["jobs_running"] = 9
+    again = cycle(fresh, Actuator(), log).decisions
+    assert not again["shield_reason"].str.startswith("fallback").any()
+    assert (again["jobs_after"] < 9).any()
