@@ -319,7 +319,10 @@ def test_unparseable_value_is_a_parse_failure(validator: BatchValidator) -> None
     parse_b = [f for f in result.services["b"].failures if f.expectation == "parse"]
     assert parse_b == [
         Failure(
-            "parse", "events_in", "events_in: 1 value(s) that cannot be read as a finite float (row 8)", (8,)
+            "parse",
+            "events_in",
+            "events_in: 1 value(s) that cannot be read as a finite float (row 8)",
+            (8,),
         )
     ]
     parse_a = [f for f in result.services["a"].failures if f.expectation == "parse"]
