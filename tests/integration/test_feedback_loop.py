@@ -8,17 +8,15 @@ level. The retraining deployment exists on the server with no worker and no sche
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 import pandas as pd
 import pytest
+from monitor_world import synthetic_world
 
-from features.contracts import conform
 from features.offline import OfflineStore
 
 pytestmark = pytest.mark.integration
@@ -32,85 +30,19 @@ BASE = {DRIFTING: 3000.0, STEADY: 1200.0}
 def _write_store(state: Path, shift: float) -> None:
     """Metrics of the 14 days and 1 hour before END, the last hour of DRIFTING times
     ``shift``; decisions of that hour forecasting the old level; profiles."""
-    rng = np.random.default_rng(7)
-    ts = pd.date_range(END - pd.Timedelta(days=14, hours=1), END, freq="min", inclusive="left")
-    in_window = ts >= END - pd.Timedelta(hours=1)
-    minute = (ts - ts.normalize()).total_seconds().to_numpy() / 60.0
-    sigma = math.sqrt(math.log1p(0.1**2))
-    events, system, decisions = [], [], []
-    for sid, base in BASE.items():
-        rate = base * (1.0 + 0.5 * np.sin(2 * np.pi * minute / 1440.0))
-        level = rate * np.where(in_window & (sid == DRIFTING), shift, 1.0)
-        y = rng.poisson(level * np.exp(sigma * rng.standard_normal(ts.size) - sigma**2 / 2))
-        jobs = np.ceil(level / 60.0 / 2.0 / 0.7).astype(int)
-        events.append(
-            pd.DataFrame(
-                {
-                    "service_id": sid,
-                    "ts": ts,
-                    "events_in": y.astype(float),
-                    "events_processed": y.astype(float),
-                    "queue_length": 0.0,
-                    "queue_wait_p50_s": 0.0,
-                    "queue_wait_p95_s": 0.0,
-                    "proc_duration_mean_ms": 40.0,
-                    "events_dropped": 0.0,
-                }
-            )
-        )
-        system.append(
-            pd.DataFrame(
-                {
-                    "service_id": sid,
-                    "ts": ts,
-                    "jobs_running": jobs,
-                    "jobs_starting": 0,
-                    "utilization": y / 60.0 / (jobs * 2.0),
-                }
-            )
-        )
-        q50 = rate[in_window]
-        spread = 1.2816 * math.sqrt(sigma**2 + 1.0 / base)
-        decisions.append(
-            pd.DataFrame(
-                {
-                    "service_id": sid,
-                    "ts": ts[in_window],
-                    "jobs_before": jobs[in_window],
-                    "action": 0,
-                    "jobs_after": jobs[in_window],
-                    "controller": "predictive",
-                    "forecaster_version": "1",
-                    "forecast_q10": q50 * math.exp(-spread),
-                    "forecast_q50": q50,
-                    "forecast_q90": q50 * math.exp(spread),
-                }
-            )
-        )
-    profiles = pd.DataFrame(
-        {
-            "service_id": list(BASE),
-            "ts": END - pd.Timedelta(days=30),
-            "criticality": 1,
-            "sla_latency_s": 60.0,
-            "sla_target": 0.99,
-            "cost_per_job_hour": 0.2,
-            "daily_budget": 100.0,
-            "min_jobs": 1,
-            "max_jobs": 200,
-            "max_step": 4,
-            "job_capacity_eps": 2.0,
-            "job_startup_s": 90.0,
-        }
+    tables = synthetic_world(
+        BASE,
+        END - pd.Timedelta(days=14, hours=1),
+        END,
+        END - pd.Timedelta(hours=1),
+        shift={DRIFTING: shift},
+        seed=7,
+        max_jobs=200,
+        forecaster_version="1",
     )
     store = OfflineStore(state / "offline")
-    for table, frames in (
-        ("event_metrics", events),
-        ("system_metrics", system),
-        ("scaling_decisions", decisions),
-        ("service_profiles", [profiles]),
-    ):
-        store.append(table, conform(pd.concat(frames, ignore_index=True), table).frame)
+    for table, frame in tables.items():
+        store.append(table, frame)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from monitor_world import synthetic_world
 
-from features.contracts import conform, empty
+from features.contracts import empty
 from serving.monitoring import (
     MonitorReport,
     MonitorThresholds,
@@ -23,14 +24,8 @@ NOW = pd.Timestamp("2024-03-04 12:00")
 LIMITS = MonitorThresholds(reference_days=1.0, seasonal_lag_days=1, min_reference_minutes=600)
 SERVICES = ("api", "billing")
 BASE = {"api": 3000.0, "billing": 1200.0}
-NOISE_CV = 0.1
 PRICE = 0.2
 CAPACITY_EPS = 2.0  # many small jobs: utilization stays near its target all day
-
-
-def _rate(service: str, ts: pd.DatetimeIndex) -> np.ndarray:
-    minute = (ts - ts.normalize()).total_seconds().to_numpy() / 60.0
-    return BASE[service] * (1.0 + 0.5 * np.sin(2 * np.pi * minute / 1440.0))
 
 
 def _world(
@@ -45,86 +40,23 @@ def _world(
     follow the old level times ``forecast_scale``, with intervals ``interval`` times the
     calibrated 80 % width.
     """
-    shift = shift or {}
-    forecast_scale = forecast_scale or {}
-    rng = np.random.default_rng(seed)
-    start = NOW - LIMITS.lookback("event_metrics")
-    ts = pd.date_range(start, NOW - pd.Timedelta(minutes=1), freq="min")
-    in_window = ts >= NOW - LIMITS.window
-    sigma = math.sqrt(math.log1p(NOISE_CV**2))
-    events, system, decisions = [], [], []
-    for sid in SERVICES:
-        rate = _rate(sid, ts)
-        level = rate * np.where(in_window, shift.get(sid, 1.0), 1.0)
-        noise = np.exp(sigma * rng.standard_normal(ts.size) - sigma**2 / 2)
-        y = rng.poisson(level * noise).astype(float)
-        jobs = np.ceil(level / 60.0 / CAPACITY_EPS / 0.7).astype(int)
-        events.append(
-            pd.DataFrame(
-                {
-                    "service_id": sid,
-                    "ts": ts,
-                    "events_in": y,
-                    "events_processed": y,
-                    "queue_length": 0.0,
-                    "queue_wait_p50_s": 0.0,
-                    "queue_wait_p95_s": 0.0,
-                    "proc_duration_mean_ms": 40.0,
-                    "proc_duration_p95_ms": 60.0,
-                    "events_dropped": 0.0,
-                }
-            )
-        )
-        system.append(
-            pd.DataFrame(
-                {
-                    "service_id": sid,
-                    "ts": ts,
-                    "jobs_running": jobs,
-                    "jobs_starting": 0,
-                    "utilization": y / 60.0 / (jobs * CAPACITY_EPS),
-                }
-            )
-        )
-        w = ts[in_window]
-        q50 = rate[in_window] * forecast_scale.get(sid, 1.0)
-        spread = 1.2816 * math.sqrt(sigma**2 + 1.0 / BASE[sid]) * interval
-        decisions.append(
-            pd.DataFrame(
-                {
-                    "service_id": sid,
-                    "ts": w,
-                    "jobs_before": jobs[in_window],
-                    "action": 0,
-                    "jobs_after": jobs[in_window],
-                    "controller": "predictive",
-                    "forecast_q10": q50 * math.exp(-spread),
-                    "forecast_q50": q50,
-                    "forecast_q90": q50 * math.exp(spread),
-                }
-            )
-        )
-    profiles = pd.DataFrame(
-        {
-            "service_id": list(SERVICES),
-            "ts": NOW - pd.Timedelta(days=30),
-            "criticality": 1,
-            "sla_latency_s": 60.0,
-            "sla_target": 0.99,
-            "cost_per_job_hour": PRICE,
-            "daily_budget": 100.0,
-            "min_jobs": 1,
-            "max_jobs": 50,
-            "max_step": 4,
-            "job_capacity_eps": CAPACITY_EPS,
-            "job_startup_s": 90.0,
-        }
+    tables = synthetic_world(
+        BASE,
+        NOW - LIMITS.lookback("event_metrics"),
+        NOW,
+        NOW - LIMITS.window,
+        shift=shift,
+        forecast_scale=forecast_scale,
+        interval=interval,
+        seed=seed,
+        capacity_eps=CAPACITY_EPS,
+        price=PRICE,
     )
     return {
-        "decisions": conform(pd.concat(decisions), "scaling_decisions").frame,
-        "event_metrics": conform(pd.concat(events), "event_metrics").frame,
-        "system_metrics": conform(pd.concat(system), "system_metrics").frame,
-        "profiles": conform(profiles, "service_profiles").frame,
+        "decisions": tables["scaling_decisions"],
+        "event_metrics": tables["event_metrics"],
+        "system_metrics": tables["system_metrics"],
+        "profiles": tables["service_profiles"],
     }
 
 
