@@ -1,6 +1,8 @@
 # Set-up and everyday tasks. Every tool runs from .venv/bin; nothing needs activating.
 #   make demo    set up .venv, then run the demo
 #   make test    set up .venv, then ruff, mypy, bandit and pytest
+#   make test-scaled  the integration suite on Redis, PostgreSQL and a Prefect server on it
+#                (.ci/services installs what is missing and starts them; stopped after)
 #   make bench   control benchmark, JSON to .state/bench/control.json
 #   make lock    re-resolve requirements.lock from pyproject.toml (keeps current pins;
 #                upgrade one with: make lock UPGRADE="-P pyarrow", or all with UPGRADE=--upgrade)
@@ -17,7 +19,7 @@ UPGRADE ?=
 # The project's own code, as bandit scans it (tests use assert and subprocess by design).
 PACKAGES := autoscaler simulator features models serving flows bench feature_repo
 
-.PHONY: venv test demo bench lock clean
+.PHONY: venv test test-scaled demo bench lock clean
 
 venv: $(STAMP)
 
@@ -34,6 +36,14 @@ test: venv
 	$(BIN)/mypy
 	$(BIN)/bandit -q --severity-level medium -r $(PACKAGES)
 	$(BIN)/pytest -q
+
+# The services' settings (AUTOSCALER_ONLINE_STORE=redis, ...) reach pytest through the
+# environment only, as they would reach a deployment. Their data is throwaway (a temp folder).
+test-scaled: venv
+	@services=$$(mktemp -d) && trap '.ci/services stop "$$services"; rm -rf "$$services"' EXIT \
+		&& .ci/services start "$$services" \
+		&& set -a && . "$$services/env" && set +a \
+		&& $(BIN)/pytest -q tests/integration
 
 demo: venv
 	$(BIN)/autoscaler demo

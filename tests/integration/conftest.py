@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import scaled_out
 from pipeline_state import PIPELINE_DAYS, PIPELINE_END
+from prefect_server import running_server
 
 from autoscaler.settings import Settings, build_settings
 
@@ -30,21 +32,41 @@ os.environ.update(
 os.environ.pop("PREFECT_API_URL", None)
 
 
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One Prefect test server for the whole session (starting one takes seconds)."""
-    from prefect.testing.utilities import prefect_test_harness
+@pytest.fixture(scope="session", autouse=True)
+def scaled_out_installations() -> Iterator[None]:
+    """On scaled-out engines, each state folder gets its own databases (scaled_out.py)."""
+    with scaled_out.isolated_installations():
+        yield
 
-    with prefect_test_harness(server_startup_timeout=180):
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect server for the whole session (starting one takes seconds).
+
+    The temporary test server on SQLite, or on scaled-out engines a ``prefect server start``
+    on PostgreSQL that every flow of the session reports to.
+    """
+    database = scaled_out.prefect_database(scaled_out.PREFECT_SUITE_DATABASE)
+    if database is None:
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tmp = tmp_path_factory.mktemp("prefect-server")
+    with (
+        running_server(tmp, database) as (url, _),
+        temporary_settings(updates={PREFECT_API_URL: url}),
+    ):
         yield
 
 
 @pytest.fixture(scope="session")
 def pipeline_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings of the state folder the simulated history is ingested into, once a session."""
-    return build_settings(
-        state_dir=tmp_path_factory.mktemp("state"), history_days=PIPELINE_DAYS
-    )
+    return build_settings(state_dir=tmp_path_factory.mktemp("state"), history_days=PIPELINE_DAYS)
 
 
 @pytest.fixture(scope="session")

@@ -1,32 +1,29 @@
 """prefect.yaml on a real Prefect server, run by a real process worker.
 
 The module starts its own ``prefect server start`` in a subprocess (its own PREFECT_HOME
-and SQLite database, no analytics, no UI, no scheduler so that only the run made here
-executes), creates the work pool, deploys ``ingest`` from the repository's prefect.yaml
-with ``prefect deploy`` as an operator would, starts one run of it on a tiny drop-folder
-CSV and lets ``prefect worker start --run-once`` execute it in a fresh process. The state
-folder is given only at deploy time (AUTOSCALER_STATE_DIR), so the rows landing there
-show that prefect.yaml carries it to the worker's run. The server and worker are
-stopped by their process ids, also when a test fails. About 45 s.
+and database, SQLite or on scaled-out engines PostgreSQL; no analytics, no UI, no scheduler
+so that only the run made here executes), creates the work pool, deploys ``ingest`` from
+the repository's prefect.yaml with ``prefect deploy`` as an operator would, starts one run
+of it on a tiny drop-folder CSV and lets ``prefect worker start --run-once`` execute it in
+a fresh process. The state folder is given only at deploy time (AUTOSCALER_STATE_DIR), so
+the rows landing there show that prefect.yaml carries it to the worker's run. The server
+and worker are stopped by their process ids, also when a test fails. About 45 s.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 import pytest
+import scaled_out
 import yaml
+from prefect_server import client_env, prefect_executable, running_server, stop, tail
 
 from features.offline import OfflineStore
 
@@ -34,7 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POOL = "autoscaler-process"
 DEPLOYMENT = "ingest/ingest"
-STARTUP_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 180
 CLI_TIMEOUT_S = 120
 # Ten minutes old: on the minute, not in the future, older than the freshness window
@@ -72,89 +68,14 @@ class Server:
         return done
 
 
-def prefect_executable() -> Path:
-    """The ``prefect`` script of the environment running the tests."""
-    return Path(sys.executable).with_name("prefect")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def client_env(home: Path, url: str) -> dict[str, str]:
-    """The environment of every subprocess: this process's, without the test harness's
-    Prefect settings (conftest.py sets some) or any AUTOSCALER_* value, pointed at ``url``.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AUTOSCALER_"))}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        GX_ANALYTICS_ENABLED="false",
-        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
-    )
-    return env
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process started in its own session, with its children (by its id)."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
-def tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("prefect-server")
-    home = tmp / "home"
-    home.mkdir()
-    url = f"http://127.0.0.1:{free_port()}/api"
-    env = client_env(home, url)
-    server_env = {
-        **env,
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        # Only the run this test makes may execute: no runs from the ingest schedule.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-    }
-    log = tmp / "server.log"
-    port = url.rsplit(":", 1)[1].split("/")[0]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(prefect_executable()), "server", "start", "--host", "127.0.0.1", "--port", port],
-            env=server_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"the server exited:\n{tail(log)}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"no healthy server in time:\n{tail(log)}"
-            time.sleep(0.5)
-        yield Server(url=url, env=env, root=pytestconfig.rootpath, tmp=tmp)
-    finally:
-        stop(process)
+    # On scaled-out engines its database is a fresh one on PostgreSQL, else SQLite.
+    with running_server(tmp, scaled_out.prefect_database("prefect_deployments")) as (url, home):
+        yield Server(url=url, env=client_env(home, url), root=pytestconfig.rootpath, tmp=tmp)
 
 
 @pytest.fixture(scope="module")
