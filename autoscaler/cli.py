@@ -287,7 +287,12 @@ def _source_name(source: str) -> Literal["simulator", "drop"]:
 
 
 def _run_pipeline(
-    settings: Settings, source: str, days: int | None, full: bool, features: bool = True
+    settings: Settings,
+    source: str,
+    days: int | None,
+    full: bool,
+    features: bool = True,
+    corrections: bool = False,
 ) -> None:
     """Ingest from ``source`` and, if asked, refresh features, through the Prefect flows."""
     _prefect_ready(settings)
@@ -295,7 +300,9 @@ def _run_pipeline(
     from flows.ingest import ingest_flow
 
     state = str(settings.state_dir)
-    counts = ingest_flow(source=_source_name(source), days=days, state_dir=state)
+    counts = ingest_flow(
+        source=_source_name(source), days=days, state_dir=state, corrections=corrections
+    )
     typer.echo(
         f"ingest: {counts['rows_in']} rows in, {counts['rows_stored']} stored (new), "
         f"{counts['rows_quarantined']} quarantined in {counts['batches_quarantined']} "
@@ -404,11 +411,16 @@ def ingest(
     state_dir: Path | None = typer.Option(None, help="Folder for all local state."),
     features: bool = typer.Option(True, help="Also refresh features and the online store."),
     full: bool = typer.Option(False, help="Rebuild all features, not only new minutes."),
+    corrections: bool = typer.Option(
+        False,
+        help="The drop files are corrections: they may replace stored minutes older than a "
+        "service's newest (else refused as out_of_order).",
+    ),
 ) -> None:
     """Run the ingest flow (validate with Great Expectations, store or quarantine), then
     the features flow (engineer, write, feast apply, materialize)."""
     _source_name(source)
-    _run_pipeline(build_settings(state_dir=state_dir), source, days, full, features)
+    _run_pipeline(build_settings(state_dir=state_dir), source, days, full, features, corrections)
 
 
 @app.command()

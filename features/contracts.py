@@ -13,10 +13,14 @@ Conventions every table follows:
 * A source that lacks an optional column fills it by the rule in :attr:`Column.fill`:
   derived from other columns where the derivation is exact, else null ("unknown"), never
   silently 0. Required columns must be present.
+
+What counts as bad input, for every table and for the HTTP API, is one catalogue:
+:data:`BAD_INPUT_KINDS`. Every rejection and every warning names its kind from it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -41,6 +45,178 @@ KEYS = ("service_id", "ts")
 
 class ContractError(ValueError):
     """A frame cannot be put in its table's contract (a required column is missing)."""
+
+
+# --- the bad-input catalogue ---------------------------------------------------------------
+
+Surface = Literal["ingest", "api"]
+
+
+@dataclass(frozen=True)
+class BadInputKind:
+    """One kind of bad input: what it is, where it is caught and whether it blocks.
+
+    Attributes:
+        name: The kind's name, as reports carry it (``Failure.kind``, ``Notice.kind``,
+            the quarantine record, the API error body's ``kind``).
+        surfaces: Where it is caught: ``ingest`` (every contract table, whatever the
+            source) and/or ``api`` (the body of ``POST /v1/decisions``).
+        blocking: True: the service's rows of the batch (or the whole batch, or the
+            request) are refused; False: the rows land and the finding is reported.
+        description: What the input looks like, in one line.
+    """
+
+    name: str
+    surfaces: tuple[Surface, ...]
+    blocking: bool
+    description: str
+
+
+_INGEST: tuple[Surface, ...] = ("ingest",)
+_API: tuple[Surface, ...] = ("api",)
+_BOTH: tuple[Surface, ...] = ("ingest", "api")
+
+
+def _kind(
+    name: str, surfaces: tuple[Surface, ...], description: str, *, blocking: bool = True
+) -> BadInputKind:
+    return BadInputKind(name, surfaces, blocking, description)
+
+
+BAD_INPUT_KINDS: tuple[BadInputKind, ...] = (
+    # Whole batches and requests.
+    _kind("unreadable_file", _INGEST, "a dropped file cannot be read as CSV or Parquet"),
+    _kind("unknown_table", _INGEST, "a batch names no contract table (file or push target)"),
+    _kind("malformed_json", _API, "the request body is not JSON (400)"),
+    _kind(
+        "unsupported_media_type",
+        _API,
+        "Content-Type is not JSON, or the body is compressed (415)",
+    ),
+    _kind("oversize_payload", _API, "the body exceeds the byte limit; refused unread (413)"),
+    _kind("too_many_services", _API, "more services in one request than the limit (422)"),
+    # Schema drift.
+    _kind(
+        "missing_required",
+        _BOTH,
+        "a required column (the whole batch) or body field is absent",
+    ),
+    _kind(
+        "unknown_column",
+        _INGEST,
+        "a column not in the contract: not stored, reported",
+        blocking=False,
+    ),
+    _kind(
+        "missing_optional_column",
+        _INGEST,
+        "an optional column is absent: filled by its documented rule (derived or null)",
+        blocking=False,
+    ),
+    _kind("empty_batch", _INGEST, "a batch without rows: nothing stored", blocking=False),
+    _kind("unknown_field", _API, "a body field not in the schema: refused, never ignored"),
+    # Values.
+    _kind(
+        "wrong_type",
+        _BOTH,
+        "text where a number or boolean belongs; a string, boolean or list in a JSON number",
+    ),
+    _kind(
+        "non_finite",
+        _BOTH,
+        "NaN or +-infinity where a measurement belongs (an empty cell says 'unknown')",
+    ),
+    _kind("non_integer", _BOTH, "a fractional value where a whole number belongs"),
+    _kind(
+        "bad_timestamp",
+        _BOTH,
+        "ts cannot be read as a time (bare epoch numbers included: their unit is ambiguous)",
+    ),
+    _kind("null_value", _INGEST, "an empty value in a column that must be known"),
+    _kind(
+        "bad_service_id",
+        _BOTH,
+        "service_id missing or empty, or (API) not [A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+    ),
+    _kind(
+        "negative_count",
+        _BOTH,
+        "a count, duration, price or other non-negative quantity below 0",
+    ),
+    _kind(
+        "out_of_range",
+        _BOTH,
+        "a value outside its bounds (error_rate > 1, utilization > 1.5, tier not 1-3, ...)",
+    ),
+    _kind(
+        "wrong_length",
+        _API,
+        "a count sequence not of its length (120 minutes, 168 hours) or no services at all",
+    ),
+    # Rows and time.
+    _kind(
+        "duplicate_key",
+        _BOTH,
+        "the same (service_id, ts) twice in a batch; the same service twice in a request",
+    ),
+    _kind("off_minute", _INGEST, "a per-minute row whose ts is not on the whole minute"),
+    _kind(
+        "future_timestamp",
+        _BOTH,
+        "ts after now (the calendar excepted); API: more than 5 minutes after the server clock",
+    ),
+    _kind(
+        "out_of_order",
+        _INGEST,
+        "a row older than its service's newest stored minute that changes a stored row "
+        "(it would rewrite history already used)",
+    ),
+    _kind(
+        "gap",
+        _INGEST,
+        "minutes missing inside a service's batch or since its last stored row",
+        blocking=False,
+    ),
+    _kind(
+        "stale",
+        _INGEST,
+        "a service's newest row is older than the freshness limit",
+        blocking=False,
+    ),
+    # Across columns and tables.
+    _kind(
+        "unknown_service",
+        _INGEST,
+        "metrics or decisions of a service that has no stored service profile",
+    ),
+    _kind(
+        "inverted_pair",
+        _BOTH,
+        "a value below one it must not be below (p95 < p50, max_jobs < min_jobs, "
+        "forecast quantiles crossing)",
+    ),
+    _kind(
+        "flow_imbalance",
+        _INGEST,
+        "counts that do not add up (processed > arrived + queued, priorities != arrivals, "
+        "jobs_after != jobs_before + action)",
+    ),
+)
+"""Every kind of bad input the system recognises, for every table and the HTTP API."""
+
+BAD_INPUT: Mapping[str, BadInputKind] = {k.name: k for k in BAD_INPUT_KINDS}
+
+
+def bad_input_kind(name: str) -> BadInputKind:
+    """The catalogue entry ``name``; reports call this so an uncatalogued kind fails loudly.
+
+    Raises:
+        ValueError: If ``name`` is not in :data:`BAD_INPUT_KINDS`.
+    """
+    try:
+        return BAD_INPUT[name]
+    except KeyError:
+        raise ValueError(f"{name!r} is not a kind of the bad-input catalogue") from None
 
 
 Filler = Callable[[pd.DataFrame], pd.Series]
@@ -392,11 +568,14 @@ def to_utc_naive(values: pd.Series) -> pd.Series:
     """Parse timestamps, convert aware ones to UTC and drop the zone.
 
     Unparseable values become NaT, so validation can report them row by row instead of
-    failing the whole batch here.
+    failing the whole batch here. So do bare numbers: epoch seconds, milliseconds and
+    nanoseconds look alike, and pandas would read them all as nanoseconds (1970).
     """
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         parsed = values
     else:
+        if pd.api.types.is_numeric_dtype(values.dtype) or values.map(_is_number).any():
+            values = values.map(lambda v: None if _is_number(v) else v)
         parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -414,6 +593,11 @@ def _coerce(values: pd.Series, kind: Kind) -> pd.Series:
             return values.astype("boolean")
         mapped = values.map(_parse_bool)
         return mapped.astype("boolean")
+    # pandas reads True as 1: a boolean where a number belongs is a type error, not a count.
+    if pd.api.types.is_bool_dtype(values.dtype):
+        values = pd.Series(np.nan, index=values.index)
+    elif values.dtype == object:
+        values = values.map(lambda v: None if isinstance(v, bool | np.bool_) else v)
     numeric = pd.to_numeric(values, errors="coerce")
     # An infinite count, rate or duration is no measurement: unparseable, like text.
     numeric = numeric.where(~np.isinf(numeric.astype("float64")))
@@ -421,6 +605,12 @@ def _coerce(values: pd.Series, kind: Kind) -> pd.Series:
         whole = numeric.where(numeric.isna() | (numeric == np.floor(numeric)))
         return whole.astype("Float64").astype("Int64")
     return numeric.astype("float64")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
 
 
 def _is_missing(value: object) -> bool:
@@ -451,6 +641,31 @@ def _parse_bool(value: object) -> object:
     return pd.NA
 
 
+def parse_failure_kind(value: object, kind: Kind) -> str:
+    """The bad-input kind of a present ``value`` that could not be read as ``kind``.
+
+    ``bad_timestamp`` for a time column; for numbers ``non_finite`` (NaN, infinity, as a
+    number or as text), ``non_integer`` (2.5 where a whole number belongs); else
+    ``wrong_type``.
+    """
+    if kind == "timestamp":
+        return "bad_timestamp"
+    if kind in ("float", "int"):
+        number: float | None = None
+        if _is_number(value):
+            number = float(value)  # type: ignore[arg-type]
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is not None and not math.isfinite(number):
+            return "non_finite"
+        if number is not None and kind == "int" and not number.is_integer():
+            return "non_integer"
+    return "wrong_type"
+
+
 @dataclass(frozen=True)
 class Conformed:
     """A frame put in its contract.
@@ -461,12 +676,15 @@ class Conformed:
             the column's type (they are null in ``frame``; validation rejects them).
         filled: Columns the source lacked and the rule that filled them.
         dropped_columns: Input columns that are not in the contract.
+        parse_kinds: Per column, the bad-input kind of each unparseable row (see
+            :func:`parse_failure_kind`); a row not listed is ``wrong_type``.
     """
 
     frame: pd.DataFrame
     unparseable: dict[str, list[int]]
     filled: dict[str, str]
     dropped_columns: list[str]
+    parse_kinds: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 def conform(frame: pd.DataFrame, table: str) -> Conformed:
@@ -495,6 +713,7 @@ def conform(frame: pd.DataFrame, table: str) -> Conformed:
     raw = frame.reset_index(drop=True)
     out: dict[str, pd.Series] = {}
     unparseable: dict[str, list[int]] = {}
+    parse_kinds: dict[str, dict[int, str]] = {}
     filled: dict[str, str] = {}
     for col in spec.columns:
         if col.name in raw.columns:
@@ -506,7 +725,11 @@ def conform(frame: pd.DataFrame, table: str) -> Conformed:
             values = _coerce(given, col.kind)
             bad = values.isna() & given.notna()
             if bad.any():
-                unparseable[col.name] = [int(i) for i in np.flatnonzero(bad.to_numpy())]
+                rows = [int(i) for i in np.flatnonzero(bad.to_numpy())]
+                unparseable[col.name] = rows
+                parse_kinds[col.name] = {
+                    i: parse_failure_kind(given.iloc[i], col.kind) for i in rows
+                }
             out[col.name] = values
     conformed = pd.DataFrame(out, index=raw.index)
     for col in spec.columns:
@@ -521,7 +744,7 @@ def conform(frame: pd.DataFrame, table: str) -> Conformed:
         conformed[col.name] = _coerce(values, col.kind)
     conformed = conformed[spec.names].astype(spec.dtypes())
     extra = [str(c) for c in raw.columns if c not in spec.names]
-    return Conformed(conformed, unparseable, filled, extra)
+    return Conformed(conformed, unparseable, filled, extra, parse_kinds)
 
 
 def empty(table: str) -> pd.DataFrame:

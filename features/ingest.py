@@ -4,7 +4,14 @@ The unit of acceptance is one service's rows of one batch: if any of them breaks
 blocking expectation, that group goes to quarantine whole (with its validation result
 and report) and the other services' rows of the batch still land. A batch that cannot be
 read or put in its contract at all is quarantined whole. Nothing is dropped: every input
-row ends up either in the store or in quarantine.
+row ends up either in the store or in quarantine. Every rejection and warning names its
+kind from :data:`features.contracts.BAD_INPUT_KINDS`.
+
+What ingestion adds to the batch for validation: the newest stored row per service (flow
+balance, gaps), the services with a stored profile (``unknown_service``) and, unless the
+batch may replace history, the stored rows its late rows would overwrite
+(``out_of_order``). Profile batches of a run are ingested first, so metrics that arrive
+together with their service's profile are not refused.
 
 A batch id already in the store's ledger is skipped (reported as "already ingested"); the
 store itself is idempotent on (service_id, ts) as well, so even a ledger-less re-run
@@ -20,15 +27,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from features.contracts import ContractError, conform, contract
+from features.contracts import TABLES, ContractError, conform, contract, empty
 from features.offline import AppendResult, OfflineStore
 from features.sources import Batch
 
 if TYPE_CHECKING:
-    from features.validation import BatchValidation, BatchValidator
-
-FRESHNESS_MARK = "freshness limit"
-"""Text every freshness warning of features.validation carries."""
+    from features.contracts import Conformed
+    from features.validation import BatchValidation, BatchValidator, Notice
 
 
 @dataclass
@@ -43,7 +48,8 @@ class BatchOutcome:
         stored: New, replaced and unchanged rows in the offline store.
         rows_quarantined: Rows sent to quarantine.
         rejected: Reasons per rejected group (service id, or '_batch' for all of it).
-        warnings: Non-blocking findings (gaps, stale data, filled columns).
+        rejected_kinds: Bad-input kinds per rejected group, in order of first reason.
+        notices: Non-blocking findings (gaps, stale data, filled or unknown columns).
         quarantine_dirs: Folders written under the quarantine root.
         skipped: Why the batch was not processed again, if so.
     """
@@ -55,9 +61,15 @@ class BatchOutcome:
     stored: AppendResult = field(default_factory=AppendResult)
     rows_quarantined: int = 0
     rejected: dict[str, list[str]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    rejected_kinds: dict[str, list[str]] = field(default_factory=dict)
+    notices: list[Notice] = field(default_factory=list)
     quarantine_dirs: list[str] = field(default_factory=list)
     skipped: str | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """The notices' messages."""
+        return [n.message for n in self.notices]
 
 
 @dataclass
@@ -117,35 +129,39 @@ class IngestReport:
                 "",
                 "## Quarantined",
                 "",
-                "| table | batch | group | reasons |",
-                "|---|---|---|---|",
+                "| table | batch | group | kinds | reasons |",
+                "|---|---|---|---|---|",
             ]
             for o in rejected:
                 for group, reasons in o.rejected.items():
                     text = "; ".join(reasons).replace("|", "\\|")
-                    lines.append(f"| {o.table or '?'} | `{o.batch_id}` | {group} | {text} |")
-        warned = [(o, w) for o in self.outcomes for w in o.warnings]
+                    kinds = ", ".join(o.rejected_kinds.get(group, []))
+                    lines.append(
+                        f"| {o.table or '?'} | `{o.batch_id}` | {group} | {kinds} | {text} |"
+                    )
+        warned = [(o, n) for o in self.outcomes for n in o.notices]
         if warned:
             lines += ["", "## Warnings", ""]
             shown = warned[:50]
-            lines += [f"- {o.table} `{o.batch_id}`: {w}" for o, w in shown]
+            lines += [f"- {o.table} `{o.batch_id}` ({n.kind}): {n.message}" for o, n in shown]
             if len(warned) > len(shown):
                 lines.append(f"- ... and {len(warned) - len(shown)} more")
         return "\n".join(lines) + "\n"
 
 
 def _quarantine_whole(
-    batch: Batch, reason: str, quarantine_root: Path, outcome: BatchOutcome
+    batch: Batch, reason: str, kind: str, quarantine_root: Path, outcome: BatchOutcome
 ) -> None:
     from features.quarantine import write_quarantine
     from features.validation import BatchValidation, Failure
 
+    failure = Failure(kind=kind, expectation="contract", column=None, reason=reason, rows=())
     verdict = BatchValidation(
         table=batch.table,
         n_rows=len(batch.frame),
-        table_failures=(Failure(expectation="contract", column=None, reason=reason, rows=()),),
+        table_failures=(failure,),
         services={},
-        warnings=(),
+        notices=(),
         ge_result={},
     )
     folder = write_quarantine(
@@ -159,6 +175,7 @@ def _quarantine_whole(
     )
     outcome.rows_quarantined += len(batch.frame)
     outcome.rejected["_batch"] = [reason]
+    outcome.rejected_kinds["_batch"] = [kind]
     outcome.quarantine_dirs.append(str(folder))
 
 
@@ -177,10 +194,10 @@ def _quarantine_groups(
     for group in groups:
         if group is None:
             rows = batch.frame
-            reasons = [f.reason for f in validation.table_failures]
+            failures = validation.table_failures
         else:
             rows = batch.frame.iloc[validation.rows_of(group)]
-            reasons = [f.reason for f in validation.services[group].failures]
+            failures = validation.services[group].failures
         folder = write_quarantine(
             quarantine_root,
             table=batch.table,
@@ -191,8 +208,55 @@ def _quarantine_groups(
             source=batch.origin,
         )
         outcome.rows_quarantined += len(rows)
-        outcome.rejected[group or "_batch"] = reasons
+        outcome.rejected[group or "_batch"] = [f.reason for f in failures]
+        outcome.rejected_kinds[group or "_batch"] = list(dict.fromkeys(f.kind for f in failures))
         outcome.quarantine_dirs.append(str(folder))
+
+
+def _stored_late_rows(
+    store: OfflineStore, table: str, frame: pd.DataFrame, previous: pd.DataFrame
+) -> pd.DataFrame:
+    """Stored rows in the time range of the batch's rows that are older than their
+    service's newest stored row (what ``out_of_order`` compares them with)."""
+    if previous.empty:
+        return empty(table)
+    newest = previous.groupby("service_id")["ts"].max()
+    keyed = frame[frame["service_id"].notna() & frame["ts"].notna()]
+    late = keyed[keyed["ts"] < pd.to_datetime(keyed["service_id"].map(newest))]
+    if late.empty:
+        return empty(table)
+    services = sorted(str(s) for s in late["service_id"].unique())
+    return store.read(table, services, start=late["ts"].min(), end=late["ts"].max())
+
+
+def _validate(
+    batch: Batch,
+    conformed: Conformed,
+    store: OfflineStore,
+    validator: BatchValidator,
+    now: pd.Timestamp,
+) -> BatchValidation:
+    """Validate with the stored context the batch's table needs (see the module docstring)."""
+    from features.validation import OBSERVED_TABLES
+
+    previous = None
+    known = None
+    stored = None
+    if contract(batch.table).per_minute:
+        sids = conformed.frame["service_id"].dropna().unique().tolist()
+        previous = store.last_rows(batch.table, [str(s) for s in sids])
+    if batch.table in OBSERVED_TABLES:
+        known = store.services("service_profiles")
+        if not batch.replaces_history and previous is not None:
+            stored = _stored_late_rows(store, batch.table, conformed.frame, previous)
+    return validator.validate(
+        conformed,
+        batch.table,
+        now=now,
+        previous=previous,
+        known_services=known,
+        stored=stored,
+    )
 
 
 def ingest_batch(
@@ -218,34 +282,43 @@ def ingest_batch(
     Returns:
         What happened to the batch.
     """
+    from features.validation import Notice
+
     outcome = BatchOutcome(batch.table, batch.batch_id, batch.origin, len(batch.frame))
     if not force and store.batch_record(batch.batch_id) is not None:
         outcome.skipped = "already ingested"
         return outcome
     if batch.error is not None:
-        _quarantine_whole(batch, batch.error, quarantine_root, outcome)
+        kind = batch.error_kind or "unreadable_file"
+        _quarantine_whole(batch, batch.error, kind, quarantine_root, outcome)
+    elif batch.table not in TABLES:
+        reason = f"unknown table {batch.table!r}; expected one of {', '.join(TABLES)}"
+        _quarantine_whole(batch, reason, "unknown_table", quarantine_root, outcome)
     elif batch.frame.empty:
-        outcome.warnings.append("empty batch: nothing to store")
+        outcome.notices.append(Notice("empty_batch", "empty batch: nothing to store"))
     else:
         try:
             conformed = conform(batch.frame, batch.table)
         except ContractError as exc:
-            _quarantine_whole(batch, str(exc), quarantine_root, outcome)
+            _quarantine_whole(batch, str(exc), "missing_required", quarantine_root, outcome)
         else:
             for name, rule in conformed.filled.items():
-                outcome.warnings.append(f"column {name} missing from the source: {rule}")
-            if conformed.dropped_columns:
-                outcome.warnings.append(
-                    "columns not in the contract were not stored: "
-                    + ", ".join(conformed.dropped_columns)
+                outcome.notices.append(
+                    Notice(
+                        "missing_optional_column", f"column {name} missing from the source: {rule}"
+                    )
                 )
-            previous = None
-            if contract(batch.table).per_minute:
-                sids = conformed.frame["service_id"].dropna().unique().tolist()
-                previous = store.last_rows(batch.table, [str(s) for s in sids])
-            validation = validator.validate(conformed, batch.table, now=now, previous=previous)
-            # Each warning already names its service.
-            outcome.warnings += list(validation.warnings)
+            if conformed.dropped_columns:
+                outcome.notices.append(
+                    Notice(
+                        "unknown_column",
+                        "columns not in the contract were not stored: "
+                        + ", ".join(conformed.dropped_columns),
+                    )
+                )
+            validation = _validate(batch, conformed, store, validator, now)
+            # Each notice already names its service.
+            outcome.notices += list(validation.notices)
             accepted = validation.accepted_services
             if accepted:
                 rows = conformed.frame[conformed.frame["service_id"].isin(accepted)]
@@ -261,6 +334,7 @@ def ingest_batch(
             "rows_stored_new": outcome.stored.new,
             "rows_quarantined": outcome.rows_quarantined,
             "rejected": outcome.rejected,
+            "rejected_kinds": outcome.rejected_kinds,
             "ingested_at": now.isoformat(),
         },
     )
@@ -276,9 +350,12 @@ def ingest(
     now: pd.Timestamp,
     force: bool = False,
 ) -> IngestReport:
-    """Ingest every batch in order (see :func:`ingest_batch`)."""
+    """Ingest every batch (see :func:`ingest_batch`): ``service_profiles`` batches first,
+    the others in the order given, so metrics can name a service whose profile comes in
+    the same run."""
     report = IngestReport()
-    for batch in batches:
+    ordered = sorted(batches, key=lambda b: b.table != "service_profiles")
+    for batch in ordered:
         report.outcomes.append(
             ingest_batch(
                 batch,
@@ -294,7 +371,7 @@ def ingest(
 
 
 def _keep_last_freshness(outcomes: list[BatchOutcome]) -> None:
-    """Keep freshness warnings only on the last batch of each table in the run.
+    """Keep ``stale`` notices only on the last batch of each table in the run.
 
     A backfill of many days makes every older batch "stale"; only whether the newest data
     is fresh says something about the source.
@@ -305,4 +382,4 @@ def _keep_last_freshness(outcomes: list[BatchOutcome]) -> None:
             last[outcome.table] = outcome
     for outcome in outcomes:
         if last.get(outcome.table) is not outcome:
-            outcome.warnings = [w for w in outcome.warnings if FRESHNESS_MARK not in w]
+            outcome.notices = [n for n in outcome.notices if n.kind != "stale"]

@@ -4,7 +4,8 @@ Layout, one folder per rejected (table, batch, service)::
 
     <root>/<table>/<batch_id>/<service or "_batch">/
         rows.csv         the raw input rows exactly as received (unparseable text survives)
-        validation.json  what failed and why, with the GE validation result
+        validation.json  what failed and why (each failure with its bad-input kind), with
+                         the GE validation result
         report.html      the same for a human, self-contained
 
 Writing the same (table, batch_id, service) again overwrites the folder's files, so a
@@ -111,7 +112,8 @@ def list_quarantine(root: Path) -> list[dict[str, Any]]:
 
     Returns:
         One dict per folder, sorted by path: table, batch_id, service (None for a whole
-        batch), n_rows, reasons (failure sentences), path.
+        batch), n_rows, reasons (failure sentences), kinds (their bad-input kinds, in
+        order, each once), path.
     """
     root = Path(root)
     if not root.is_dir():
@@ -121,12 +123,14 @@ def list_quarantine(root: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             reasons = [f["reason"] for f in record["failures"]]
+            kinds = list(dict.fromkeys(f["kind"] for f in record["failures"]))
             item = {
                 "table": record["table"],
                 "batch_id": record["batch_id"],
                 "service": record["service"],
                 "n_rows": record["n_rows"],
                 "reasons": reasons,
+                "kinds": kinds,
             }
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # A damaged record is still quarantined data; list it rather than hide it.
@@ -137,6 +141,7 @@ def list_quarantine(root: Path) -> list[dict[str, Any]]:
                 "service": service,
                 "n_rows": None,
                 "reasons": [f"unreadable validation.json: {exc}"],
+                "kinds": [],
             }
         item["path"] = str(path.parent)
         out.append(item)
@@ -155,13 +160,13 @@ def _record(
     """The JSON record of one group: its own failures plus the batch's table failures."""
     failures: list[Failure] = list(validation.table_failures)
     if service_id is None:
-        warnings = list(validation.warnings)
+        notices = list(validation.notices)
         for verdict in validation.services.values():
             failures.extend(verdict.failures)
         batch_rows = list(range(validation.n_rows))
     else:
         own = validation.services.get(service_id)
-        warnings = list(own.warnings) if own is not None else []
+        notices = list(own.notices) if own is not None else []
         if own is not None:
             failures.extend(own.failures)
         batch_rows = [int(r) for r in validation.rows_of(service_id)]
@@ -174,6 +179,7 @@ def _record(
         "batch_rows": batch_rows,
         "failures": [
             {
+                "kind": f.kind,
                 "expectation": f.expectation,
                 "column": f.column,
                 "reason": f.reason,
@@ -181,7 +187,7 @@ def _record(
             }
             for f in failures
         ],
-        "warnings": warnings,
+        "warnings": [{"kind": n.kind, "message": n.message} for n in notices],
         "ge_result": validation.ge_result,
     }
 
@@ -203,13 +209,17 @@ def _html(record: dict[str, Any], raw_rows: pd.DataFrame) -> str:
     title = f"Quarantined {record['table']} / {record['batch_id']} / {service}"
     failure_rows = (
         "\n".join(
-            f"<tr><td>{esc(f['expectation'])}</td><td>{esc(f['column'])}</td>"
+            f"<tr><td>{esc(f['kind'])}</td><td>{esc(f['expectation'])}</td>"
+            f"<td>{esc(f['column'])}</td>"
             f"<td>{esc(f['reason'])}</td><td>{len(f['rows']) or 'whole batch'}</td></tr>"
             for f in record["failures"]
         )
-        or '<tr><td colspan="4">none</td></tr>'
+        or '<tr><td colspan="5">none</td></tr>'
     )
-    warnings = "\n".join(f"<li>{esc(w)}</li>" for w in record["warnings"]) or "<li>none</li>"
+    warnings = (
+        "\n".join(f"<li>{esc(w['kind'])}: {esc(w['message'])}</li>" for w in record["warnings"])
+        or "<li>none</li>"
+    )
     preview = raw_rows.head(_PREVIEW_ROWS)
     head = "".join(f"<th>{esc(c)}</th>" for c in preview.columns)
     body = "\n".join(
@@ -237,7 +247,7 @@ Row numbers in reasons are positions in the whole batch (see batch_rows in
 validation.json); rows.csv holds this group's rows only.</p>
 <h2>Failures</h2>
 <table>
-<tr><th>Expectation</th><th>Column</th><th>Reason</th><th>Failing rows</th></tr>
+<tr><th>Kind</th><th>Expectation</th><th>Column</th><th>Reason</th><th>Failing rows</th></tr>
 {failure_rows}
 </table>
 <h2>Warnings</h2>

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from features.contracts import TABLES
+from features.contracts import TABLES, bad_input_kind
 
 if TYPE_CHECKING:
     from simulator.cluster import ClusterSimulator
@@ -41,6 +41,11 @@ class Batch:
         origin: Where they came from ('simulator', a file path, 'push').
         error: Why the rows could not be read or assigned to a table, if so; such a
             batch is quarantined whole.
+        error_kind: The bad-input kind of ``error`` (``unreadable_file`` or
+            ``unknown_table``, see :data:`features.contracts.BAD_INPUT_KINDS`).
+        replaces_history: Whether the rows may change minutes already stored before the
+            service's newest one. A regenerated simulation supersedes an earlier one; an
+            export or a push may not rewrite history (``out_of_order``).
     """
 
     table: str
@@ -48,6 +53,14 @@ class Batch:
     frame: pd.DataFrame
     origin: str
     error: str | None = None
+    error_kind: str | None = None
+    replaces_history: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.error is None) != (self.error_kind is None):
+            raise ValueError("a batch with an error names its kind, and only then")
+        if self.error_kind is not None:
+            bad_input_kind(self.error_kind)
 
 
 def content_id(prefix: str, frame: pd.DataFrame, extra: str = "") -> str:
@@ -64,7 +77,11 @@ def content_id(prefix: str, frame: pd.DataFrame, extra: str = "") -> str:
 
 
 def push_batch(
-    table: str, rows: pd.DataFrame | Sequence[Mapping[str, Any]], origin: str = "push"
+    table: str,
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    origin: str = "push",
+    *,
+    replaces_history: bool = False,
 ) -> Batch:
     """Turn fresh rows handed over by a caller (API, CLI, another flow) into a batch.
 
@@ -72,16 +89,23 @@ def push_batch(
         table: Contract table name.
         rows: A frame or a list of row mappings.
         origin: Label of the caller for reports.
+        replaces_history: The rows are deliberate corrections: they may change stored
+            minutes older than the service's newest (see :class:`Batch`).
 
     Returns:
         The batch; an unknown table gives a batch with ``error`` set, so the rows are
         quarantined rather than lost.
     """
     frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    batch_id = content_id(f"push-{table or 'unknown'}", frame)
+    # A correction is a new submission even with the content of a refused batch.
+    batch_id = content_id(
+        f"push-{table or 'unknown'}", frame, extra="replaces-history" if replaces_history else ""
+    )
     if table not in TABLES:
-        return Batch("", batch_id, frame, origin, error=_unknown_table(table))
-    return Batch(table, batch_id, frame, origin)
+        return Batch(
+            "", batch_id, frame, origin, error=_unknown_table(table), error_kind="unknown_table"
+        )
+    return Batch(table, batch_id, frame, origin, replaces_history=replaces_history)
 
 
 def _unknown_table(name: str) -> str:
@@ -105,11 +129,16 @@ def table_of(path: Path) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def read_drop_file(path: Path) -> Batch:
+def read_drop_file(path: Path, *, replaces_history: bool = False) -> Batch:
     """Read one exported file as a batch, keeping CSV text as text.
 
     CSV cells are read as strings so a malformed value ('12x') reaches validation (and
     the quarantine copy) exactly as written instead of failing the whole read.
+
+    Args:
+        path: The exported file.
+        replaces_history: The file holds deliberate corrections: its rows may change stored
+            minutes older than the service's newest (see :class:`Batch`).
     """
     table = table_of(path)
     origin = str(path)
@@ -126,8 +155,11 @@ def read_drop_file(path: Path) -> Batch:
             raw,
             origin,
             error=f"cannot read {path.name}: {exc}",
+            error_kind="unreadable_file",
         )
-    batch_id = content_id(f"file-{path.name}", frame, extra=path.name)
+    # A correction is a new submission even with the content of a refused file.
+    extra = f"{path.name}|replaces-history" if replaces_history else path.name
+    batch_id = content_id(f"file-{path.name}", frame, extra=extra)
     if table is None:
         return Batch(
             "",
@@ -138,12 +170,17 @@ def read_drop_file(path: Path) -> Batch:
                 f"cannot tell the table of {path.name}: put it in a folder named after the table "
                 f"or start its name with one of {', '.join(TABLES)}"
             ),
+            error_kind="unknown_table",
         )
-    return Batch(table, batch_id, frame, origin)
+    return Batch(table, batch_id, frame, origin, replaces_history=replaces_history)
 
 
-def drop_folder_batches(folder: Path) -> Iterator[Batch]:
+def drop_folder_batches(folder: Path, *, replaces_history: bool = False) -> Iterator[Batch]:
     """Every CSV/Parquet file under ``folder`` (recursively, sorted) as a batch.
+
+    Args:
+        folder: The drop folder.
+        replaces_history: The files hold deliberate corrections (see :func:`read_drop_file`).
 
     Raises:
         FileNotFoundError: If the folder does not exist.
@@ -152,7 +189,7 @@ def drop_folder_batches(folder: Path) -> Iterator[Batch]:
         raise FileNotFoundError(f"drop folder {folder} does not exist")
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in DROP_SUFFIXES:
-            yield read_drop_file(path)
+            yield read_drop_file(path, replaces_history=replaces_history)
 
 
 # -- simulator ----------------------------------------------------------------------------
@@ -349,25 +386,49 @@ def simulated_tables(config: SimulatorSourceConfig) -> dict[str, pd.DataFrame]:
 
 
 def split_batches(
-    tables: Mapping[str, pd.DataFrame], batch_minutes: int, origin: str
+    tables: Mapping[str, pd.DataFrame],
+    batch_minutes: int,
+    origin: str,
+    *,
+    replaces_history: bool = True,
 ) -> Iterator[Batch]:
     """Cut whole tables into time batches of ``batch_minutes`` (profiles stay one batch).
 
     Batches come table by table in contract order and, within a table, oldest first, so
     cross-batch checks (previous queue, gaps) see the earlier batch stored.
+
+    Args:
+        tables: Whole tables of a simulation (the simulator source, the simulated
+            cluster's outbox).
+        batch_minutes: Minutes per batch.
+        origin: Label of the source for reports.
+        replaces_history: See :class:`Batch`; by default True, since a simulation run
+            again (a later end, other settings) supersedes what an earlier run stored.
     """
     for table in TABLES:
         frame = tables.get(table)
         if frame is None or frame.empty:
             continue
         if table == "service_profiles":
-            yield Batch(table, content_id(f"{origin}-{table}", frame), frame, origin)
+            yield Batch(
+                table,
+                content_id(f"{origin}-{table}", frame),
+                frame,
+                origin,
+                replaces_history=replaces_history,
+            )
             continue
         ts = pd.to_datetime(frame["ts"])
         slot = (ts - ts.min()) // pd.Timedelta(minutes=batch_minutes)
         for _, part in frame.groupby(slot.to_numpy(), sort=True):
             part = part.reset_index(drop=True)
-            yield Batch(table, content_id(f"{origin}-{table}", part), part, origin)
+            yield Batch(
+                table,
+                content_id(f"{origin}-{table}", part),
+                part,
+                origin,
+                replaces_history=replaces_history,
+            )
 
 
 def simulator_batches(config: SimulatorSourceConfig) -> Iterator[Batch]:

@@ -1,23 +1,33 @@
 """Great Expectations validation of ingested batches, one suite per table (DESIGN.md 3, 4).
 
 The ingest pipeline runs ``conform -> validate -> store valid services, quarantine the
-rest``. Validation answers, per service of a batch, "may these rows land?":
+rest``. Validation answers, per service of a batch, "may these rows land?". Every finding
+names its kind from :data:`features.contracts.BAD_INPUT_KINDS`.
 
 Blocking rules (the service's rows of this batch are rejected as a whole; other services
 of the same batch are unaffected):
 
-* parse: a present value could not be read as its column's type (from :func:`conform`);
-* non-null keys and non-nullable columns; ``service_id`` not empty;
-* value ranges from :attr:`Column.min_value` / :attr:`Column.max_value`;
-* unique ``(service_id, ts)``;
-* per-minute tables: ``ts`` on the whole minute; every table except ``business_calendar``
-  (known-future context by design): ``ts <= now``;
-* cross-column rules, see :data:`DERIVED_COLUMNS` and :func:`_pair_rules`.
+* a present value that could not be read as its column's type (from :func:`conform`):
+  ``wrong_type``, ``non_finite``, ``non_integer``, ``bad_timestamp``;
+* ``null_value`` in a non-nullable column; ``bad_service_id`` (null or empty);
+* bounds from :attr:`Column.min_value` / :attr:`Column.max_value`: ``negative_count``
+  (below a lower bound of 0), ``out_of_range`` (any other bound);
+* ``duplicate_key``: a ``(service_id, ts)`` twice in the batch;
+* per-minute tables: ``off_minute`` (ts not on the whole minute); every table except
+  ``business_calendar`` (known-future context by design): ``future_timestamp``;
+* cross-column rules (:func:`_pair_rules`, :data:`DERIVED_COLUMNS`): ``inverted_pair``,
+  ``flow_imbalance``;
+* observed tables (:data:`OBSERVED_TABLES`), when the caller passes the context:
+  ``unknown_service`` (no stored profile) and ``out_of_order`` (a row older than the
+  service's newest stored minute that differs from the stored row: history is not
+  rewritten; identical replays and never-stored minutes are fine).
 
-Non-blocking warnings (rows land, the finding is reported): missing minutes inside a
-service's batch or since its last stored row (gaps), newest row older than the freshness
-limit. (Columns conform filled or dropped are in :class:`Conformed`; the caller reports
-them.)
+Out-of-order rows *inside* a batch are not bad input: the store sorts them.
+
+Non-blocking warnings (rows land, the finding is reported as a :class:`Notice`): ``gap``
+(minutes missing inside a service's batch or since its last stored row) and ``stale``
+(newest row older than the freshness limit). (Columns conform filled or dropped are in
+:class:`Conformed`; the caller reports them.)
 
 Every row-level rule is a GE expectation in the table's suite. Rules GE cannot say on the
 raw columns (a timestamp's seconds, the previous minute's queue, a sum with tolerance) are
@@ -32,7 +42,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -46,6 +56,7 @@ from features.contracts import (
     Conformed,
     ContractError,
     TableContract,
+    bad_input_kind,
     contract,
     to_utc_naive,
 )
@@ -66,6 +77,10 @@ TOLERANCE = 1e-6
 KNOWN_FUTURE_TABLES = frozenset({"business_calendar"})
 """Tables whose rows describe the future by design: no future-ts rule, no freshness."""
 
+OBSERVED_TABLES = frozenset({"event_metrics", "system_metrics", "scaling_decisions"})
+"""Per-service records of what happened: their service needs a profile, and their stored
+past is not rewritten (``unknown_service``, ``out_of_order``)."""
+
 DERIVED_COLUMNS: dict[str, str] = {
     "check__ts_seconds_past_minute": "seconds of ts past the start of its minute (must be 0)",
     "check__ts_seconds_after_now": "seconds ts lies after `now` (must be <= 0)",
@@ -78,6 +93,13 @@ DERIVED_COLUMNS: dict[str, str] = {
         "(must be <= 0; null when a part is unknown)"
     ),
     "check__jobs_mismatch": "jobs_after - jobs_before - action (must be 0)",
+    "check__service_unknown": (
+        "1 when the row's service has no stored profile, else 0 (must be 0; null when not checked)"
+    ),
+    "check__rewrites_stored": (
+        "1 when the row is older than its service's newest stored row and differs from "
+        "the stored row with its key, else 0 (must be 0; null when not checked)"
+    ),
 }
 """Helper columns added to a copy of the batch before validation, and what they hold."""
 
@@ -101,18 +123,44 @@ class Failure:
     """One broken rule.
 
     Attributes:
-        expectation: GE expectation type (``expect_column_values_to_be_between``), or
-            ``"parse"`` for values that could not be read as the column's type.
+        kind: The bad-input kind (:data:`features.contracts.BAD_INPUT_KINDS`).
+        expectation: GE expectation type (``expect_column_values_to_be_between``),
+            ``"parse"`` for values that could not be read as the column's type, or
+            ``"contract"`` for a batch that could not be read or put in its contract.
         column: The column at fault (the first of a pair); None for multi-column rules.
         reason: A sentence naming the column, what is wrong and the rows.
         rows: Positional row indices in the batch that broke the rule; empty means the
             whole batch.
     """
 
+    kind: str
     expectation: str
     column: str | None
     reason: str
     rows: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        bad_input_kind(self.kind)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A non-blocking finding: the rows landed, this is reported.
+
+    Attributes:
+        kind: The bad-input kind (a non-blocking one of the catalogue).
+        message: A sentence naming the service and what was found.
+    """
+
+    kind: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if bad_input_kind(self.kind).blocking:
+            raise ValueError(f"{self.kind} is a blocking kind; report it as a Failure")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -123,17 +171,22 @@ class ServiceVerdict:
         service_id: The service, or :data:`MISSING_SERVICE` for rows without one.
         n_rows: Rows of that service in the batch.
         failures: Blocking findings; any one rejects all of the service's rows.
-        warnings: Non-blocking findings (gaps, freshness).
+        notices: Non-blocking findings (gaps, freshness).
     """
 
     service_id: str
     n_rows: int
     failures: tuple[Failure, ...]
-    warnings: tuple[str, ...]
+    notices: tuple[Notice, ...]
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The notices' messages."""
+        return tuple(n.message for n in self.notices)
 
 
 @dataclass(frozen=True)
@@ -146,7 +199,7 @@ class BatchValidation:
         table_failures: Failures that cannot be attributed to a service; they reject the
             whole batch.
         services: Verdict per service, in order of first appearance.
-        warnings: Every non-blocking finding of the batch (service warnings included).
+        notices: Every non-blocking finding of the batch (service notices included).
         ge_result: JSON-serialisable GE validation result, plus ``parse_failures``
             (column -> rows), ``derived_columns`` (name -> meaning) and ``now``.
     """
@@ -155,9 +208,14 @@ class BatchValidation:
     n_rows: int
     table_failures: tuple[Failure, ...]
     services: dict[str, ServiceVerdict]
-    warnings: tuple[str, ...]
+    notices: tuple[Notice, ...]
     ge_result: dict[str, Any]
     _rows: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The notices' messages."""
+        return tuple(n.message for n in self.notices)
 
     @property
     def accepted_services(self) -> list[str]:
@@ -231,6 +289,8 @@ class BatchValidator:
         *,
         now: pd.Timestamp,
         previous: pd.DataFrame | None = None,
+        known_services: Collection[str] | None = None,
+        stored: pd.DataFrame | None = None,
     ) -> BatchValidation:
         """Validate one conformed batch.
 
@@ -242,6 +302,13 @@ class BatchValidator:
             previous: For per-minute tables, the last stored row per service (at least
                 ``service_id``, ``ts`` and, for ``event_metrics``, ``queue_length``), so
                 the first row's flow balance and the gap since the last batch are checked.
+            known_services: For :data:`OBSERVED_TABLES`, the services with a stored
+                profile; rows of any other service are ``unknown_service``. None: not
+                checked.
+            stored: For :data:`OBSERVED_TABLES`, with ``previous``: the stored rows (in
+                the contract) at the batch's keys older than their service's newest
+                stored row. A batch row there that differs from the stored one is
+                ``out_of_order``. None: not checked (a batch that may replace history).
 
         Returns:
             Verdict per service, table-level failures, warnings and the GE result.
@@ -258,7 +325,13 @@ class BatchValidator:
             )
         now = _utc_naive(now)
         prev = _previous(previous, table)
-        checked = _with_derived_columns(frame, spec, now, prev)
+        context = _Context(
+            now=now,
+            newest_stored=_newest_stored(prev),
+            known_services=None if known_services is None else frozenset(known_services),
+            stored=None if stored is None or prev is None else _stored_by_key(stored, spec),
+        )
+        checked = _with_derived_columns(frame, spec, prev, context)
         batch = self._batches[table].get_batch(batch_parameters={"dataframe": checked})
         result = batch.validate(self._suites[table], result_format="COMPLETE")
         ge_result: dict[str, Any] = _json_safe(result.to_json_dict())
@@ -270,24 +343,24 @@ class BatchValidator:
 
         labels = _service_labels(frame)
         row_failures, table_failures = _failures(ge_result, conformed, spec)
-        warnings = _service_warnings(frame, labels, spec, now, prev, self.freshness)
+        notices = _service_notices(frame, labels, spec, now, prev, self.freshness)
         rows = {str(k): np.sort(v).astype(np.int64) for k, v in _group_positions(labels)}
         services = {
             s: ServiceVerdict(
                 service_id=s,
                 n_rows=len(idx),
-                failures=tuple(_split_by_service(row_failures, labels, s, frame, spec, now)),
-                warnings=tuple(warnings.get(s, ())),
+                failures=tuple(_split_by_service(row_failures, labels, s, context)),
+                notices=tuple(notices.get(s, ())),
             )
             for s, idx in rows.items()
         }
-        all_warnings = [w for v in services.values() for w in v.warnings]
+        all_notices = [n for v in services.values() for n in v.notices]
         return BatchValidation(
             table=table,
             n_rows=len(frame),
             table_failures=tuple(table_failures),
             services=services,
-            warnings=tuple(all_warnings),
+            notices=tuple(all_notices),
             ge_result=ge_result,
             _rows=rows,
         )
@@ -296,16 +369,17 @@ class BatchValidator:
 # --- suites -------------------------------------------------------------------------------
 
 
-def _meta(check: str, column: str | None, what: str) -> dict[str, Any]:
-    """An expectation's meta: rule kind, column reported at fault, how a break is described."""
-    return {"check": check, "column": column, "what": what}
+def _meta(kind: str, column: str | None, what: str) -> dict[str, Any]:
+    """An expectation's meta: bad-input kind, column reported at fault, how a break reads."""
+    bad_input_kind(kind)
+    return {"kind": kind, "column": column, "what": what}
 
 
 def _expectations(spec: TableContract) -> list[Expectation]:
     """The table's expectations, built from its contract.
 
-    Every expectation carries ``meta`` = {check, column, what}: the kind of rule, the
-    column reported as at fault and how a broken value is described in reasons.
+    Every expectation carries ``meta`` = {kind, column, what}: the bad-input kind it
+    catches, the column reported as at fault and how a broken value is described.
     """
     _import_gx()
     import great_expectations.expectations as gxe
@@ -313,30 +387,47 @@ def _expectations(spec: TableContract) -> list[Expectation]:
     out: list[Expectation] = []
     for col in spec.columns:
         if not col.nullable:
+            kind = "bad_service_id" if col.name == "service_id" else "null_value"
             out.append(
                 gxe.ExpectColumnValuesToNotBeNull(
-                    column=col.name, meta=_meta("not_null", col.name, "null value(s)")
+                    column=col.name, meta=_meta(kind, col.name, "null value(s)")
                 )
             )
-        if col.min_value is not None or col.max_value is not None:
+        # One expectation per bound, so a negative count and a too-large rate are told apart.
+        if col.min_value is not None:
             out.append(
                 gxe.ExpectColumnValuesToBeBetween(
                     column=col.name,
                     min_value=col.min_value,
+                    meta=_meta(
+                        "negative_count" if col.min_value == 0 else "out_of_range",
+                        col.name,
+                        f"value(s) below {col.min_value:g}",
+                    ),
+                )
+            )
+        if col.max_value is not None:
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=col.name,
                     max_value=col.max_value,
-                    meta=_meta("range", col.name, "value(s) out of range"),
+                    meta=_meta("out_of_range", col.name, f"value(s) above {col.max_value:g}"),
                 )
             )
     # An empty id is as unattributable as a null one, but it is a value a source sent.
     out.append(
         gxe.ExpectColumnValueLengthsToBeBetween(
-            column="service_id", min_value=1, meta=_meta("non_empty", "service_id", "empty id(s)")
+            column="service_id",
+            min_value=1,
+            meta=_meta("bad_service_id", "service_id", "empty id(s)"),
         )
     )
     out.append(
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=list(KEYS),
-            meta=_meta("unique", None, "row(s) share their (service_id, ts) with another row"),
+            meta=_meta(
+                "duplicate_key", None, "row(s) share their (service_id, ts) with another row"
+            ),
         )
     )
     if spec.per_minute:
@@ -345,7 +436,7 @@ def _expectations(spec: TableContract) -> list[Expectation]:
                 column="check__ts_seconds_past_minute",
                 min_value=0,
                 max_value=0,
-                meta=_meta("whole_minute", "ts", "timestamp(s) not on the whole minute"),
+                meta=_meta("off_minute", "ts", "timestamp(s) not on the whole minute"),
             )
         )
     if spec.name not in KNOWN_FUTURE_TABLES:
@@ -353,7 +444,32 @@ def _expectations(spec: TableContract) -> list[Expectation]:
             gxe.ExpectColumnValuesToBeBetween(
                 column="check__ts_seconds_after_now",
                 max_value=0,
-                meta=_meta("not_future", "ts", "timestamp(s) in the future"),
+                meta=_meta("future_timestamp", "ts", "timestamp(s) in the future"),
+            )
+        )
+    if spec.name in OBSERVED_TABLES:
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="check__service_unknown",
+                max_value=0,
+                meta=_meta(
+                    "unknown_service",
+                    "service_id",
+                    "row(s) of a service with no stored service profile; "
+                    "ingest its service_profiles row first",
+                ),
+            )
+        )
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="check__rewrites_stored",
+                max_value=0,
+                meta=_meta(
+                    "out_of_order",
+                    "ts",
+                    "row(s) older than the service's newest stored minute that differ from "
+                    "the stored row; stored history is not rewritten",
+                ),
             )
         )
     out.extend(_cross_column(spec.name))
@@ -382,7 +498,7 @@ def _cross_column(table: str) -> list[Expectation]:
                 column_B=b,
                 or_equal=True,
                 ignore_row_if="either_value_is_missing",
-                meta=_meta("pair_ge", a, f"value(s) below {b}"),
+                meta=_meta("inverted_pair", a, f"value(s) below {b}"),
             )
         )
     if table == "event_metrics":
@@ -391,7 +507,7 @@ def _cross_column(table: str) -> list[Expectation]:
                 column="check__processed_excess",
                 max_value=0,
                 meta=_meta(
-                    "balance",
+                    "flow_imbalance",
                     "events_processed",
                     "value(s) above events_in + the previous minute's queue_length",
                 ),
@@ -402,7 +518,7 @@ def _cross_column(table: str) -> list[Expectation]:
                 column="check__priority_mismatch",
                 max_value=0,
                 meta=_meta(
-                    "balance",
+                    "flow_imbalance",
                     "events_high_priority",
                     "row(s) where events_high_priority + events_normal_priority != events_in",
                 ),
@@ -415,7 +531,9 @@ def _cross_column(table: str) -> list[Expectation]:
                 min_value=0,
                 max_value=0,
                 meta=_meta(
-                    "balance", "jobs_after", "row(s) where jobs_after != jobs_before + action"
+                    "flow_imbalance",
+                    "jobs_after",
+                    "row(s) where jobs_after != jobs_before + action",
                 ),
             )
         )
@@ -447,12 +565,39 @@ def _previous(previous: pd.DataFrame | None, table: str) -> pd.DataFrame | None:
     return prev
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What the rules of one batch compare its rows with, besides the rows themselves."""
+
+    now: pd.Timestamp
+    newest_stored: dict[str, pd.Timestamp]
+    known_services: frozenset[str] | None
+    stored: pd.DataFrame | None  # indexed by (service_id, ts), contract columns
+
+
+def _newest_stored(prev: pd.DataFrame | None) -> dict[str, pd.Timestamp]:
+    if prev is None:
+        return {}
+    return {str(k): pd.Timestamp(v) for k, v in prev.groupby("service_id")["ts"].max().items()}
+
+
+def _stored_by_key(stored: pd.DataFrame, spec: TableContract) -> pd.DataFrame:
+    """Stored rows typed like a conformed batch, one per key, indexed by (service_id, ts)."""
+    missing = [c for c in spec.names if c not in stored.columns]
+    if missing:
+        raise ValueError(f"{spec.name}: `stored` lacks column(s) {', '.join(missing)}")
+    rows = stored[spec.names].astype(spec.dtypes())
+    rows = rows[rows["service_id"].notna() & rows["ts"].notna()]
+    rows = rows.drop_duplicates(list(KEYS), keep="last")
+    return rows.set_index(list(KEYS))
+
+
 def _seconds(delta: pd.Series) -> pd.Series:
     return delta.dt.total_seconds()
 
 
 def _with_derived_columns(
-    frame: pd.DataFrame, spec: TableContract, now: pd.Timestamp, prev: pd.DataFrame | None
+    frame: pd.DataFrame, spec: TableContract, prev: pd.DataFrame | None, context: _Context
 ) -> pd.DataFrame:
     """A copy of ``frame`` with the helper columns its suite checks (see DERIVED_COLUMNS)."""
     out = frame.copy()
@@ -460,7 +605,10 @@ def _with_derived_columns(
     if spec.per_minute:
         out["check__ts_seconds_past_minute"] = _seconds(ts - ts.dt.floor("min"))
     if spec.name not in KNOWN_FUTURE_TABLES:
-        out["check__ts_seconds_after_now"] = _seconds(ts - now)
+        out["check__ts_seconds_after_now"] = _seconds(ts - context.now)
+    if spec.name in OBSERVED_TABLES:
+        out["check__service_unknown"] = _service_unknown(frame, context.known_services)
+        out["check__rewrites_stored"] = _rewrites_stored(frame, spec, context)
     if spec.name == "event_metrics":
         events_in = out["events_in"]
         available = events_in + _previous_queue(frame, prev)
@@ -475,6 +623,58 @@ def _with_derived_columns(
         mismatch = out["jobs_after"] - out["jobs_before"] - out["action"]
         out["check__jobs_mismatch"] = mismatch.astype("Float64").astype("float64")
     return out
+
+
+def _service_unknown(frame: pd.DataFrame, known: frozenset[str] | None) -> pd.Series:
+    """1.0 for rows whose service has no profile, 0.0 for known ones, NaN when unchecked.
+
+    Rows without a usable id are left to the id rules (``bad_service_id``).
+    """
+    ids = frame["service_id"]
+    values = np.full(len(frame), np.nan)
+    if known is not None:
+        usable = (ids.notna() & (ids.astype(str) != "")).to_numpy()
+        unknown = ~ids.astype(str).isin(known).to_numpy()
+        values[usable] = unknown[usable].astype(float)
+    return pd.Series(values, index=frame.index)
+
+
+def _rewrites_stored(frame: pd.DataFrame, spec: TableContract, context: _Context) -> pd.Series:
+    """1.0 where a row older than its service's newest stored row differs from the stored
+    row with its key; 0.0 for other checked rows; NaN when there is nothing to check
+    against (no stored context, no id or ts)."""
+    values = np.full(len(frame), np.nan)
+    if context.stored is None:
+        return pd.Series(values, index=frame.index)
+    ids, ts = frame["service_id"], frame["ts"]
+    checkable = (ids.notna() & ts.notna()).to_numpy()
+    values[checkable] = 0.0
+    newest = ids.map(context.newest_stored)
+    late = checkable & (ts < pd.to_datetime(newest)).fillna(False).to_numpy(dtype=bool)
+    if not late.any():
+        return pd.Series(values, index=frame.index)
+    rows = frame[late]
+    keys = pd.MultiIndex.from_arrays([rows["service_id"], rows["ts"]])
+    found = keys.isin(context.stored.index)
+    if not found.any():
+        return pd.Series(values, index=frame.index)
+    mine = rows[found].reset_index(drop=True)
+    theirs = context.stored.loc[keys[found]].reset_index()[spec.names]
+    differs = ~_same_values(mine, theirs)
+    positions = np.flatnonzero(late)[found]
+    values[positions] = differs.astype(float)
+    return pd.Series(values, index=frame.index)
+
+
+def _same_values(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    """Row-wise equality of two aligned frames in one contract, null equal to null."""
+    same = np.ones(len(a), dtype=bool)
+    for name in a.columns:
+        x, y = a[name], b[name]
+        both_null = x.isna().to_numpy() & y.isna().to_numpy()
+        equal = x.eq(y).fillna(False).to_numpy(dtype=bool)
+        same &= equal | both_null
+    return same
 
 
 def _previous_queue(frame: pd.DataFrame, prev: pd.DataFrame | None) -> pd.Series:
@@ -547,11 +747,39 @@ def _json_safe(value: Any) -> Any:
 class _RowFailure:
     """A broken expectation with all its rows, before it is split by service."""
 
+    kind: str
     expectation: str
-    check: str
     column: str | None
     what: str
     rows: np.ndarray
+
+
+_PARSE_WHAT = {
+    "non_finite": "NaN or infinite value(s); leave the cell empty when the value is unknown",
+    "non_integer": "fractional value(s) where a whole number belongs",
+    "bad_timestamp": (
+        "value(s) that cannot be read as a timestamp (ISO 8601 text or a datetime; bare "
+        "numbers are refused, their unit is ambiguous)"
+    ),
+}
+_TYPE_NAMES = {"float": "a number", "int": "a whole number", "bool": "a boolean (true/false)"}
+
+
+def _parse_failures(conformed: Conformed, spec: TableContract) -> list[_RowFailure]:
+    """One failure per (column, kind) of the values conform could not read."""
+    out = []
+    for col, rows in conformed.unparseable.items():
+        kinds = conformed.parse_kinds.get(col, {})
+        by_kind: dict[str, list[int]] = {}
+        for r in rows:
+            by_kind.setdefault(kinds.get(r, "wrong_type"), []).append(r)
+        type_name = spec.column(col).kind if col in spec.names else "its type"
+        for kind, kind_rows in by_kind.items():
+            what = _PARSE_WHAT.get(
+                kind, f"value(s) that cannot be read as {_TYPE_NAMES.get(type_name, type_name)}"
+            )
+            out.append(_RowFailure(kind, "parse", col, what, np.asarray(kind_rows, dtype=np.int64)))
+    return out
 
 
 def _failures(
@@ -562,15 +790,9 @@ def _failures(
     A GE expectation that raised, or failed without row indices, cannot be attributed to a
     service: it becomes a table failure and rejects the whole batch.
     """
-    row_failures: list[_RowFailure] = []
+    row_failures = _parse_failures(conformed, spec)
     table_failures: list[Failure] = []
     unparseable = {c: np.asarray(r, dtype=np.int64) for c, r in conformed.unparseable.items()}
-    for col, rows in unparseable.items():
-        kind = spec.column(col).kind if col in spec.names else "its type"
-        what = f"a finite {kind}" if kind in ("float", "int") else kind
-        row_failures.append(
-            _RowFailure("parse", "parse", col, f"value(s) that cannot be read as {what}", rows)
-        )
     for res in ge_result["results"]:
         if res["success"]:
             continue
@@ -582,6 +804,7 @@ def _failures(
             message = exc.get("exception_message") or "no failing rows reported"
             table_failures.append(
                 Failure(
+                    kind=meta["kind"],
                     expectation=config["type"],
                     column=meta.get("column"),
                     reason=f"{config['type']} on {_kwargs_text(config['kwargs'])} could not "
@@ -592,13 +815,13 @@ def _failures(
             continue
         rows = np.asarray(index, dtype=np.int64)
         column = meta.get("column")
-        if meta.get("check") == "not_null" and column in unparseable:
-            # Unparseable values are null after conforming; "parse" already names them.
+        if config["type"] == "expect_column_values_to_not_be_null" and column in unparseable:
+            # Unparseable values are null after conforming; the parse failure names them.
             rows = np.setdiff1d(rows, unparseable[column])
             if len(rows) == 0:
                 continue
         row_failures.append(
-            _RowFailure(config["type"], meta.get("check", ""), column, meta.get("what", ""), rows)
+            _RowFailure(meta["kind"], config["type"], column, meta.get("what", ""), rows)
         )
     return row_failures, table_failures
 
@@ -613,12 +836,7 @@ def _kwargs_text(kwargs: dict[str, Any]) -> str:
 
 
 def _split_by_service(
-    failures: list[_RowFailure],
-    labels: np.ndarray,
-    service: str,
-    frame: pd.DataFrame,
-    spec: TableContract,
-    now: pd.Timestamp,
+    failures: list[_RowFailure], labels: np.ndarray, service: str, context: _Context
 ) -> list[Failure]:
     out = []
     for f in failures:
@@ -627,44 +845,25 @@ def _split_by_service(
             continue
         out.append(
             Failure(
+                kind=f.kind,
                 expectation=f.expectation,
                 column=f.column,
-                reason=_reason(f, rows, frame, spec, now),
+                reason=_reason(f, rows, service, context),
                 rows=tuple(int(r) for r in rows),
             )
         )
     return out
 
 
-def _reason(
-    f: _RowFailure, rows: np.ndarray, frame: pd.DataFrame, spec: TableContract, now: pd.Timestamp
-) -> str:
+def _reason(f: _RowFailure, rows: np.ndarray, service: str, context: _Context) -> str:
     """'events_in: 3 value(s) below 0 (rows 4, 17, 20)'."""
     what = f.what
-    if f.check == "range" and f.column is not None:
-        what = _range_text(frame[f.column].iloc[rows], spec, f.column)
-    elif f.check == "not_future":
-        what = f"{what}, after now = {now:%Y-%m-%d %H:%M:%S}"
+    if f.kind == "future_timestamp":
+        what = f"{what}, after now = {context.now:%Y-%m-%d %H:%M:%S}"
+    elif f.kind == "out_of_order" and service in context.newest_stored:
+        what = f"{what} (newest stored minute {context.newest_stored[service]:%Y-%m-%d %H:%M})"
     subject = f.column if f.column is not None else "(service_id, ts)"
     return f"{subject}: {len(rows)} {what} ({_rows_text(rows)})"
-
-
-def _range_text(values: pd.Series, spec: TableContract, column: str) -> str:
-    col = spec.column(column)
-    lo, hi = col.min_value, col.max_value
-    below = int((values < lo).sum()) if lo is not None else 0
-    above = int((values > hi).sum()) if hi is not None else 0
-    if below and not above:
-        return f"value(s) below {_num(lo)}"
-    if above and not below:
-        return f"value(s) above {_num(hi)}"
-    return f"value(s) outside [{_num(lo)}, {_num(hi)}] ({below} below, {above} above)"
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-inf"
-    return f"{x:g}"
 
 
 def _rows_text(rows: np.ndarray) -> str:
@@ -673,24 +872,22 @@ def _rows_text(rows: np.ndarray) -> str:
     return f"{'row' if len(rows) == 1 else 'rows'} {shown}{more}"
 
 
-# --- warnings -------------------------------------------------------------------------------
+# --- notices (warnings) -----------------------------------------------------------------------
 
 
-def _service_warnings(
+def _service_notices(
     frame: pd.DataFrame,
     labels: np.ndarray,
     spec: TableContract,
     now: pd.Timestamp,
     prev: pd.DataFrame | None,
     freshness: pd.Timedelta,
-) -> dict[str, list[str]]:
-    """Gap and freshness warnings per service (per-minute tables only)."""
+) -> dict[str, list[Notice]]:
+    """``gap`` and ``stale`` notices per service (per-minute tables only)."""
     if not spec.per_minute or frame.empty:
         return {}
-    last_stored: dict[str, pd.Timestamp] = {}
-    if prev is not None:
-        last_stored = {str(k): v for k, v in prev.groupby("service_id")["ts"].max().items()}
-    out: dict[str, list[str]] = {}
+    last_stored = _newest_stored(prev)
+    out: dict[str, list[Notice]] = {}
     known = frame["ts"].notna().to_numpy() & (labels != MISSING_SERVICE)
     by_service = pd.Series(frame["ts"].to_numpy()[known]).groupby(labels[known], sort=False)
     for service, ts in by_service:
@@ -698,13 +895,16 @@ def _service_warnings(
         minutes = ts.dt.floor("min").drop_duplicates().sort_values()
         gap = _gap_text(minutes, last_stored.get(str(service)))
         if gap:
-            found.append(f"{service}: {gap}")
+            found.append(Notice("gap", f"{service}: {gap}"))
         if spec.name not in KNOWN_FUTURE_TABLES:
             newest = ts.max()
             if newest < now - freshness:
                 found.append(
-                    f"{service}: newest row {newest:%Y-%m-%d %H:%M} is {_duration(now - newest)} "
-                    f"old (freshness limit {_duration(freshness)})"
+                    Notice(
+                        "stale",
+                        f"{service}: newest row {newest:%Y-%m-%d %H:%M} is "
+                        f"{_duration(now - newest)} old (freshness limit {_duration(freshness)})",
+                    )
                 )
         if found:
             out[str(service)] = found

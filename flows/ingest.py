@@ -54,8 +54,9 @@ def read_source(
     end: datetime | None,
     table: str | None,
     rows: list[dict[str, Any]] | None,
+    corrections: bool = False,
 ) -> list[Batch]:
-    """Collect the batches of one source."""
+    """Collect the batches of one source (``corrections``: see :func:`ingest_flow`)."""
     if source == "simulator":
         last = now if end is None else pd.Timestamp(end).floor("min")
         config = SimulatorSourceConfig(
@@ -63,10 +64,10 @@ def read_source(
         )
         return list(simulator_batches(config))
     if source == "drop":
-        return list(drop_folder_batches(settings.drop_folder))
+        return list(drop_folder_batches(settings.drop_folder, replaces_history=corrections))
     if table is None or rows is None:
         raise ValueError("source 'push' needs a table and rows")
-    return [push_batch(table, rows)]
+    return [push_batch(table, rows, replaces_history=corrections)]
 
 
 def make_validator(settings: Settings) -> BatchValidator:
@@ -143,6 +144,7 @@ def ingest_flow(
     rows: list[dict[str, Any]] | None = None,
     force: bool = False,
     state_dir: str | None = None,
+    corrections: bool = False,
 ) -> dict[str, int]:
     """Ingest metrics from a source into the validated offline store.
 
@@ -158,6 +160,10 @@ def ingest_flow(
         rows: Pushed rows (list of column -> value mappings).
         force: Re-process batches already in the ledger.
         state_dir: State folder (default from settings / AUTOSCALER_STATE_DIR).
+        corrections: The drop files or pushed rows are deliberate corrections: they may
+            replace stored minutes older than a service's newest. Without it such rows are
+            refused as ``out_of_order`` (quarantined with the reason; re-run with this set
+            to land them).
 
     Returns:
         Counts: rows_in, rows_stored, rows_quarantined, batches, batches_quarantined.
@@ -167,7 +173,7 @@ def ingest_flow(
     if source == "cluster":
         report = ingest_cluster(settings, now, days, end)
     else:
-        batches = read_source(source, settings, now, days, end, table, rows)
+        batches = read_source(source, settings, now, days, end, table, rows, corrections)
         report = validate_and_store(batches, settings, now, force)
     create_markdown_artifact(
         markdown=report.markdown(), key="ingest-summary", description="Ingestion run summary"

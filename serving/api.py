@@ -13,7 +13,9 @@ no engine, no model and no global app:
   Prometheus text format.
 
 Every 4xx/5xx body is ``{"error": <kind>, "detail": <message naming the field>}``;
-a schema error also lists the failing fields under ``"errors"``.
+a schema error also lists the failing fields under ``"errors"``. A refusal of bad input
+also names its bad-input kind (:data:`features.contracts.BAD_INPUT_KINDS`) under
+``"kind"`` (and per field), e.g. ``negative_count``, ``non_finite``, ``oversize_payload``.
 
 Run it with uvicorn's factory mode on an entry point that builds the engine, e.g.
 ``uvicorn --factory mypkg.entry:build_app``.
@@ -45,10 +47,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from features.contracts import BAD_INPUT, bad_input_kind
 from serving.inputs import DECISION_COLUMNS
 from serving.metrics import ServingMetrics
 
@@ -93,6 +97,13 @@ class NotReady(Exception):
     """Raised by the decision engine when no model and no fallback can decide (HTTP 503)."""
 
 
+def _refusal(kind: str, message: str) -> PydanticCustomError:
+    """A validation error whose pydantic type is the bad-input kind it reports."""
+    bad_input_kind(kind)
+    # No context: the message is final, braces in it are not placeholders.
+    return PydanticCustomError(kind, message)
+
+
 # --------------------------------------------------------------------------- request
 
 
@@ -127,7 +138,10 @@ class ServiceProfile(_StrictModel):
     @model_validator(mode="after")
     def _min_below_max(self) -> ServiceProfile:
         if self.min_jobs > self.max_jobs:
-            raise ValueError(f"min_jobs ({self.min_jobs}) must be <= max_jobs ({self.max_jobs})")
+            raise _refusal(
+                "inverted_pair",
+                f"min_jobs ({self.min_jobs}) must be <= max_jobs ({self.max_jobs})",
+            )
         return self
 
 
@@ -200,10 +214,11 @@ class ServiceFeatures(_StrictModel):
         ts = _naive_utc(ts)
         context = info.context
         if isinstance(context, _ValidationContext) and ts > context.now + MAX_FUTURE:
-            raise ValueError(
+            raise _refusal(
+                "future_timestamp",
                 f"ts {ts.isoformat()}Z is more than {MAX_FUTURE.seconds // 60} minutes after "
                 f"the server clock ({context.now.isoformat(timespec='seconds')}Z); send the "
-                "last observed minute in UTC or with its offset"
+                "last observed minute in UTC or with its offset",
             )
         return ts
 
@@ -228,16 +243,18 @@ class DecisionRequest(_StrictModel):
             else DEFAULT_MAX_SERVICES
         )
         if len(services) > limit:
-            raise ValueError(
-                f"at most {limit} services per request, got {len(services)}; split the batch"
+            raise _refusal(
+                "too_many_services",
+                f"at most {limit} services per request, got {len(services)}; split the batch",
             )
         first: dict[str, int] = {}
         for i, service in enumerate(services):
             j = first.setdefault(service.service_id, i)
             if j != i:
-                raise ValueError(
+                raise _refusal(
+                    "duplicate_key",
                     f"duplicate service_id {service.service_id!r} (services[{j}] and "
-                    f"services[{i}]); send each service once"
+                    f"services[{i}]); send each service once",
                 )
         return services
 
@@ -382,7 +399,8 @@ class FieldError(BaseModel):
 
     loc: str = Field(description="Path of the field, e.g. services[0].state.utilization.")
     msg: str
-    type: str
+    type: str = Field(description="pydantic's error type.")
+    kind: str = Field(description="Bad-input kind, e.g. negative_count.")
 
 
 class ErrorBody(BaseModel):
@@ -390,6 +408,11 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="Short kind, e.g. validation_error.")
     detail: str = Field(description="What is wrong, naming the field.")
+    kind: str | None = Field(
+        default=None,
+        description="Bad-input kind of a refused request (of its first failing field), "
+        "e.g. non_finite, oversize_payload; absent for other errors.",
+    )
     errors: list[FieldError] | None = Field(
         default=None, description="Failing fields (schema errors only, at most 20)."
     )
@@ -402,13 +425,17 @@ class ApiError(Exception):
         status: HTTP status code.
         kind: Short error kind.
         detail: Human message naming the field or header at fault.
+        input_kind: The bad-input kind, when bad input is refused.
     """
 
-    def __init__(self, status: int, kind: ErrorKind, detail: str) -> None:
+    def __init__(
+        self, status: int, kind: ErrorKind, detail: str, input_kind: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.kind = kind
         self.detail = detail
+        self.input_kind = None if input_kind is None else bad_input_kind(input_kind).name
 
 
 class _EngineContractError(Exception):
@@ -416,9 +443,15 @@ class _EngineContractError(Exception):
 
 
 def _error_response(
-    status: int, kind: str, detail: str, errors: list[dict[str, str]] | None = None
+    status: int,
+    kind: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    input_kind: str | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"error": kind, "detail": detail}
+    if input_kind is not None:
+        body["kind"] = bad_input_kind(input_kind).name
     if errors is not None:
         body["errors"] = errors
     return JSONResponse(body, status_code=status)
@@ -450,22 +483,60 @@ def _field_message(error: Any) -> str:
     return _MESSAGES.get(kind, str(error["msg"]))
 
 
+_KIND_OF_TYPE = {
+    "finite_number": "non_finite",
+    "extra_forbidden": "unknown_field",
+    "missing": "missing_required",
+    "too_short": "wrong_length",
+    "too_long": "wrong_length",
+    "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
+    "less_than": "out_of_range",
+    "less_than_equal": "out_of_range",
+}
+
+
+def _input_kind(error: Any) -> str:
+    """The bad-input kind of one pydantic error (its input is read here, never echoed)."""
+    kind = error["type"]
+    if kind in BAD_INPUT:
+        return str(kind)  # raised by our own validators (see _refusal)
+    loc = error["loc"]
+    if kind.startswith(("datetime", "timezone")):
+        return "bad_timestamp"
+    if kind.startswith("string_") and loc and loc[-1] == "service_id":
+        return "bad_service_id"
+    if kind == "greater_than_equal" and error.get("ctx", {}).get("ge") == 0:
+        return "negative_count"
+    if kind == "int_type" and isinstance(error.get("input"), float):
+        return "non_integer" if np.isfinite(error["input"]) else "non_finite"
+    return _KIND_OF_TYPE.get(kind, "wrong_type")
+
+
 def _validation_response(exc: ValidationError) -> JSONResponse:
     """400 for a body that is not JSON, else 422 naming the first failing field."""
-    errors = exc.errors(include_url=False, include_input=False)
+    errors = exc.errors(include_url=False)
     for error in errors:
         if error["type"] == "json_invalid":
             return _error_response(
-                400, "malformed_json", f"request body is not valid JSON: {error['ctx']['error']}"
+                400,
+                "malformed_json",
+                f"request body is not valid JSON: {error['ctx']['error']}",
+                input_kind="malformed_json",
             )
     listed = [
-        {"loc": _loc_path(e["loc"]), "msg": _field_message(e), "type": e["type"]}
+        {
+            "loc": _loc_path(e["loc"]),
+            "msg": _field_message(e),
+            "type": e["type"],
+            "kind": _input_kind(e),
+        }
         for e in errors[:MAX_LISTED_ERRORS]
     ]
     detail = f"{listed[0]['loc']}: {listed[0]['msg']}"
     if len(errors) > 1:
         detail += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return _error_response(422, "validation_error", detail, listed)
+    return _error_response(422, "validation_error", detail, listed, input_kind=listed[0]["kind"])
 
 
 def _json_cell(value: Any) -> Any:
@@ -582,11 +653,15 @@ def _check_json_content_type(request: Request) -> None:
             415,
             "unsupported_media_type",
             f"Content-Type must be application/json, got {declared or 'none'!r}",
+            input_kind="unsupported_media_type",
         )
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ApiError(
-            415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported"
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding {encoding!r} is not supported",
+            input_kind="unsupported_media_type",
         )
 
 
@@ -605,14 +680,22 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
                 400, "bad_request", f"Content-Length {declared!r} is not an integer"
             ) from None
         if length > max_bytes:
-            raise ApiError(413, "payload_too_large", _too_large(f"{length} bytes", max_bytes))
+            raise ApiError(
+                413,
+                "payload_too_large",
+                _too_large(f"{length} bytes", max_bytes),
+                input_kind="oversize_payload",
+            )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
             raise ApiError(
-                413, "payload_too_large", _too_large(f"more than {max_bytes} bytes", max_bytes)
+                413,
+                "payload_too_large",
+                _too_large(f"more than {max_bytes} bytes", max_bytes),
+                input_kind="oversize_payload",
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -782,7 +865,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> Response:
-        response = _error_response(exc.status, exc.kind, exc.detail)
+        response = _error_response(exc.status, exc.kind, exc.detail, input_kind=exc.input_kind)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from features.contracts import bad_input_kind
 from serving.api import (
     DECISION_FIELDS,
     OPTIONAL_FIELDS,
@@ -389,6 +390,10 @@ def test_bad_input_is_a_422_naming_the_field(client: TestClient, engine: Engine,
     assert error["error"] == "validation_error"
     assert error["detail"].startswith(path), error["detail"]
     assert error["errors"][0]["loc"] == error["detail"].split(":")[0]
+    # Each refusal names its kind from the bad-input catalogue (one case per kind is in
+    # test_bad_input_catalogue.py).
+    assert bad_input_kind(error["kind"]).blocking
+    assert error["kind"] == error["errors"][0]["kind"]
     assert engine.frames == []  # refused before the engine ran
 
 

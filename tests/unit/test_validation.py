@@ -201,7 +201,7 @@ def test_unattributable_ge_failure_rejects_the_whole_batch(validator: BatchValid
                 "expectation_config": {
                     "type": "expect_column_values_to_be_between",
                     "kwargs": {"column": "events_in"},
-                    "meta": {"check": "range", "column": "events_in", "what": "x"},
+                    "meta": {"kind": "negative_count", "column": "events_in", "what": "x"},
                 },
                 "result": {},
                 "exception_info": {"raised_exception": True, "exception_message": "boom"},
@@ -210,7 +210,7 @@ def test_unattributable_ge_failure_rejects_the_whole_batch(validator: BatchValid
     }
     rows, table = _failures(ge_result, conformed, contract("event_metrics"))
     assert rows == []
-    assert [(f.column, f.rows) for f in table] == [("events_in", ())]
+    assert [(f.kind, f.column, f.rows) for f in table] == [("negative_count", "events_in", ())]
     assert "could not be evaluated: boom" in table[0].reason
 
     clean = check(validator, events())
@@ -219,7 +219,7 @@ def test_unattributable_ge_failure_rejects_the_whole_batch(validator: BatchValid
         n_rows=clean.n_rows,
         table_failures=tuple(table),
         services=clean.services,
-        warnings=(),
+        notices=(),
         ge_result={},
     )
     assert whole.accepted_services == []
@@ -319,29 +319,33 @@ def test_unparseable_value_is_a_parse_failure(validator: BatchValidator) -> None
     parse_b = [f for f in result.services["b"].failures if f.expectation == "parse"]
     assert parse_b == [
         Failure(
+            "wrong_type",
             "parse",
             "events_in",
-            "events_in: 1 value(s) that cannot be read as a finite float (row 8)",
+            "events_in: 1 value(s) that cannot be read as a number (row 8)",
             (8,),
         )
     ]
     parse_a = [f for f in result.services["a"].failures if f.expectation == "parse"]
-    assert [f.column for f in parse_a] == ["ts"]
+    assert [(f.kind, f.column) for f in parse_a] == [("bad_timestamp", "ts")]
     # The null left by the parse is not reported twice as a "null value".
     assert all(f.expectation == "parse" for f in result.services["b"].failures)
     assert all(f.expectation == "parse" for f in result.services["a"].failures)
     assert result.ge_result["parse_failures"] == {"ts": [0], "events_in": [8]}
 
 
-@pytest.mark.parametrize("value", [np.inf, -np.inf, "inf", "-Infinity"])
-def test_infinite_value_is_rejected(validator: BatchValidator, value: object) -> None:
+@pytest.mark.parametrize("value", [np.inf, -np.inf, "inf", "-Infinity", "NaN"])
+def test_nan_or_infinite_value_is_rejected(validator: BatchValidator, value: object) -> None:
     raw = events().astype({"events_in": object})
     raw.loc[row(0, 2), "events_in"] = value
     result = check(validator, raw)
     assert result.accepted_services == ["b"]
     failure = only_failure(result, "a")
-    assert failure.column == "events_in"
-    assert "cannot be read as a finite float" in failure.reason
+    assert (failure.kind, failure.column, failure.rows) == ("non_finite", "events_in", (2,))
+    assert failure.reason == (
+        "events_in: 1 NaN or infinite value(s); leave the cell empty when the value is "
+        "unknown (row 2)"
+    )
 
 
 def test_duplicate_keys_reject_their_service(validator: BatchValidator) -> None:
@@ -590,6 +594,7 @@ def test_quarantine_writes_raw_rows_json_and_html(
     assert record["source"] == "csv drop"
     assert record["n_rows"] == MINUTES
     assert record["failures"][0]["expectation"] == "parse"
+    assert record["failures"][0]["kind"] == "wrong_type"
     assert record["failures"][0]["rows"] == [8]
     assert "events_in" in record["failures"][0]["reason"]
     assert record["ge_result"]["suite_name"] == "event_metrics"
@@ -597,7 +602,7 @@ def test_quarantine_writes_raw_rows_json_and_html(
     page = (folder / "report.html").read_text()
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "events_in: 1 value(s) that cannot be read as a finite float (row 8)" in page
+    assert "events_in: 1 value(s) that cannot be read as a number (row 8)" in page
 
 
 def test_quarantine_is_idempotent_and_listed(validator: BatchValidator, tmp_path: Path) -> None:
