@@ -15,7 +15,10 @@ together with their service's profile are not refused.
 
 A batch id already in the store's ledger is skipped (reported as "already ingested"); the
 store itself is idempotent on (service_id, ts) as well, so even a ledger-less re-run
-leaves one copy.
+leaves one copy. One exception: a batch that had services refused as ``unknown_service``
+is validated again on every run (its quarantine entries are rewritten in place), because
+that refusal ends without touching the batch: once the service's profile lands, the same
+file or push lands too instead of staying "already ingested" in quarantine.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -259,6 +262,12 @@ def _validate(
     )
 
 
+def _waits_for_profiles(record: dict[str, Any]) -> bool:
+    """Whether a ledger record has services refused only until their profile is stored."""
+    kinds = record.get("rejected_kinds") or {}
+    return any("unknown_service" in found for found in kinds.values())
+
+
 def ingest_batch(
     batch: Batch,
     *,
@@ -285,7 +294,8 @@ def ingest_batch(
     from features.validation import Notice
 
     outcome = BatchOutcome(batch.table, batch.batch_id, batch.origin, len(batch.frame))
-    if not force and store.batch_record(batch.batch_id) is not None:
+    record = store.batch_record(batch.batch_id)
+    if not force and record is not None and not _waits_for_profiles(record):
         outcome.skipped = "already ingested"
         return outcome
     if batch.error is not None:

@@ -43,6 +43,23 @@ DROP_ROWS = pd.DataFrame(
         "events_in": [120.0, 130.0, 125.0, 40.0, 45.0, 50.0],
     }
 )
+# Metrics land only for services with a profile (else `unknown_service`): the export's.
+DROP_PROFILES = pd.DataFrame(
+    {
+        "service_id": ["orders", "search"],
+        "ts": [f"{DROP_START - pd.Timedelta(days=1):%Y-%m-%d %H:%M:%S}"] * 2,
+        "criticality": [1, 2],
+        "sla_latency_s": [30.0, 60.0],
+        "sla_target": [0.99, 0.99],
+        "cost_per_job_hour": [0.2, 0.2],
+        "daily_budget": [50.0, 50.0],
+        "min_jobs": [1, 1],
+        "max_jobs": [10, 10],
+        "max_step": [2, 2],
+        "job_capacity_eps": [25.0, 25.0],
+        "job_startup_s": [90.0, 90.0],
+    }
+)
 
 
 @dataclass
@@ -80,12 +97,13 @@ def server(
 
 @pytest.fixture(scope="module")
 def state_dir(server: Server) -> Path:
-    """The state folder, with one event_metrics export in its drop folder."""
+    """The state folder, with an event_metrics export and its services' profiles to drop."""
     state = server.tmp / "state"
     drop = state / "drop"
     drop.mkdir(parents=True)
     out = DROP_ROWS.assign(ts=DROP_ROWS["ts"].dt.strftime("%Y-%m-%d %H:%M:%S"))
     out.to_csv(drop / "event_metrics-export.csv", index=False)
+    DROP_PROFILES.to_csv(drop / "service_profiles-export.csv", index=False)
     return state
 
 

@@ -602,6 +602,27 @@ def test_a_corrected_export_is_refused_then_lands_when_marked_as_corrections(
     assert not outcome.rejected and outcome.stored.replaced == 1
 
 
+def test_metrics_refused_for_want_of_a_profile_land_once_the_profile_does(
+    validator: BatchValidator, tmp_path: Path
+) -> None:
+    store, root = OfflineStore(tmp_path / "offline"), tmp_path / "quarantine"
+    _seed_profiles(store, validator, root, "s")
+    batch = push_batch("event_metrics", pd.concat([events("s"), events("new")]))
+    (first,) = _ingest([batch], store, validator, root)
+    assert first.rejected_kinds == {"new": ["unknown_service"]} and first.stored.new == N
+    # Not "already ingested": validated again, still refused, its quarantine entry rewritten.
+    (again,) = _ingest([batch], store, validator, root)
+    assert not again.skipped and again.rejected_kinds == {"new": ["unknown_service"]}
+    assert again.stored.new == 0 and len(list_quarantine(root)) == 1
+    _seed_profiles(store, validator, root, "new")
+    (landed,) = _ingest([batch], store, validator, root)
+    assert not landed.rejected and landed.stored.new == N
+    assert len(store.read("event_metrics", ["new"])) == N
+    # Nothing refused any more: the next run skips it as usual.
+    (after,) = _ingest([batch], store, validator, root)
+    assert after.skipped == "already ingested"
+
+
 # --- the HTTP API -------------------------------------------------------------------------------
 
 
