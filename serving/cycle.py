@@ -3,9 +3,10 @@
 :func:`run_cycle` reads every service's features in one online call and decides for all of
 them in one engine call. The decisions are appended to the offline ``scaling_decisions``
 table (idempotent on service and minute) *before* any target is applied, so every applied
-decision is on record even if the cycle dies next. The targets are then applied, and the
-target in force is pushed to the online ``service_decisions`` view, from which the next
-cycle reads it and when it last changed.
+decision is on record even if the cycle dies next; that table is a journal per day (see
+:mod:`features.offline`), so the append writes one file whatever the number of services.
+The targets are then applied, and the target in force is pushed to the online
+``service_decisions`` view, from which the next cycle reads it and when it last changed.
 
 A service already decided for this minute (its online decision is for the same minute
 or later) is skipped, so a cycle that runs twice for one minute, or overlaps another,
@@ -106,6 +107,7 @@ class DecisionLog:
 
         Write-ahead: a cycle that dies here has applied nothing, and a decision that was
         applied is always on record (appending the same minute again replaces the row).
+        The append writes one journal segment (one file for all services).
         """
         from features.contracts import conform
 
@@ -122,7 +124,9 @@ class DecisionLog:
         """Push the target in force after actuation to the online store.
 
         This marks the minute as decided; a cycle that dies before it is decided again
-        by its rerun (the actuators set targets, so that is harmless).
+        by its rerun (the actuators set targets, so that is harmless). Then, off the
+        write-ahead path, the day's decision journal is folded once it has
+        :data:`features.offline.FOLD_AT` segments (an hour of cycles).
 
         Args:
             decisions: The engine's decisions.
@@ -131,33 +135,55 @@ class DecisionLog:
             in_force: Per decision, the target in force after actuation (the old one
                 where actuation failed), which the next cycle starts from.
         """
-        if decisions.empty or self.store is None:
+        if decisions.empty:
             return
-        from features.store import push_online
+        if self.store is not None:
+            from features.store import push_online
 
-        decided = epoch_seconds(decisions["ts"])
-        before = decisions["jobs_before"].to_numpy(dtype=np.int64)
-        in_force = np.asarray(in_force, dtype=np.int64)
-        changed = np.where(in_force != before, decided, np.asarray(previous_change, np.int64))
-        rows = pd.DataFrame(
-            {
-                "service_id": decisions["service_id"].to_numpy(),
-                "event_timestamp": pd.to_datetime(decisions["ts"]).to_numpy(),
-                "decision_ts": decided,
-                "jobs_before": before,
-                "jobs_after": in_force,
-                "action": in_force - before,
-                "last_change_ts": changed,
-                "controller": decisions["controller"].astype(str).to_numpy(),
-                "forecaster_version": decisions["forecaster_version"].fillna("").astype(str),
-                "controller_version": decisions["controller_version"].fillna("").astype(str),
-                "forecast_q10": decisions["forecast_q10"].astype(np.float32),
-                "forecast_q50": decisions["forecast_q50"].astype(np.float32),
-                "forecast_q90": decisions["forecast_q90"].astype(np.float32),
-                "shield_reason": decisions["shield_reason"].astype(str).to_numpy(),
-            }
-        )
-        push_online(self.store, DECISIONS_PUSH, rows)
+            push_online(
+                self.store, DECISIONS_PUSH, _online_rows(decisions, previous_change, in_force)
+            )
+        self._fold(decisions)
+
+    def _fold(self, decisions: pd.DataFrame) -> None:
+        """Fold the decided days' journals; a failure is logged, never fails the cycle.
+
+        The decisions are on record and applied by now: an unfolded journal only costs
+        readers more files, and the next cycle tries again.
+        """
+        for day in pd.to_datetime(decisions["ts"]).dt.normalize().unique():
+            try:
+                self.offline.fold("scaling_decisions", pd.Timestamp(day))
+            except Exception:  # any storage error: the rows are safe in their segments
+                logger.warning("could not fold the decision journal of %s", day, exc_info=True)
+
+
+def _online_rows(
+    decisions: pd.DataFrame, previous_change: np.ndarray, in_force: np.ndarray
+) -> pd.DataFrame:
+    """The ``service_decisions`` rows to push (:meth:`DecisionLog.publish`)."""
+    decided = epoch_seconds(decisions["ts"])
+    before = decisions["jobs_before"].to_numpy(dtype=np.int64)
+    in_force = np.asarray(in_force, dtype=np.int64)
+    changed = np.where(in_force != before, decided, np.asarray(previous_change, np.int64))
+    return pd.DataFrame(
+        {
+            "service_id": decisions["service_id"].to_numpy(),
+            "event_timestamp": pd.to_datetime(decisions["ts"]).to_numpy(),
+            "decision_ts": decided,
+            "jobs_before": before,
+            "jobs_after": in_force,
+            "action": in_force - before,
+            "last_change_ts": changed,
+            "controller": decisions["controller"].astype(str).to_numpy(),
+            "forecaster_version": decisions["forecaster_version"].fillna("").astype(str),
+            "controller_version": decisions["controller_version"].fillna("").astype(str),
+            "forecast_q10": decisions["forecast_q10"].astype(np.float32),
+            "forecast_q50": decisions["forecast_q50"].astype(np.float32),
+            "forecast_q90": decisions["forecast_q90"].astype(np.float32),
+            "shield_reason": decisions["shield_reason"].astype(str).to_numpy(),
+        }
+    )
 
 
 def run_cycle(

@@ -1,8 +1,9 @@
-"""One inference cycle under faults: the online store or the actuator failing."""
+"""One inference cycle under faults (the online store or the actuator failing) and its log."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,10 @@ import pandas as pd
 import pytest
 from test_engine import request
 
+import features.offline
+from features.offline import OfflineStore
 from serving.actuators.base import Actuation
-from serving.cycle import run_cycle
+from serving.cycle import DecisionLog, run_cycle
 from serving.engine import DecisionEngine
 from serving.inputs import epoch_seconds
 from serving.metrics import ServingMetrics
@@ -158,3 +161,68 @@ def test_stale_features_get_the_shields_fallback_and_never_scale_down() -> None:
     again = cycle(fresh, Actuator(), log).decisions
     assert not again["shield_reason"].str.startswith("fallback").any()
     assert (again["jobs_after"] < 9).any()
+
+
+def decision_files(root: Path) -> list[Path]:
+    return sorted((root / "scaling_decisions").rglob("*.parquet"))
+
+
+def test_the_decision_log_is_on_record_before_the_actuator_runs(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    on_record: list[pd.DataFrame] = []
+
+    class Checking(Actuator):
+        def apply(self, targets: Mapping[str, int]) -> list[Actuation]:
+            on_record.append(offline.read("scaling_decisions"))
+            return super().apply(targets)
+
+    report = cycle(Reader(), Checking(), DecisionLog(offline, None))  # type: ignore[arg-type]
+    assert len(on_record) == 1
+    pd.testing.assert_frame_equal(
+        on_record[0][["service_id", "ts", "jobs_after"]],
+        report.decisions[["service_id", "ts", "jobs_after"]].astype({"jobs_after": "Int64"}),
+    )
+    assert len(decision_files(tmp_path)) == 1  # one file for the cycle, not one per service
+
+
+def test_a_rerun_of_the_minute_leaves_one_decision_per_service(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    # No online store: nothing marks the minute as decided, so the rerun decides again.
+    for _ in range(2):
+        cycle(Reader(), Actuator(), DecisionLog(offline, None))  # type: ignore[arg-type]
+    stored = offline.read("scaling_decisions")
+    assert stored["service_id"].tolist() == SERVICES
+    assert len(decision_files(tmp_path)) == 1  # the same decisions: nothing rewritten
+
+
+def test_the_log_folds_the_days_journal_after_actuation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(features.offline, "FOLD_AT", 3)
+    offline = OfflineStore(tmp_path)
+    log = DecisionLog(offline, None)
+    reader = Reader()
+    for k in range(3):
+        report = run_cycle(
+            DecisionEngine(None),
+            reader,
+            Actuator(),
+            log,
+            SERVICES,
+            NOW + pd.Timedelta(minutes=k),
+            max_feature_age=pd.Timedelta(minutes=5),
+        )
+        assert len(report.decisions) == 3
+        reader.online["recent_events_120m__ts"] += 60  # the next minute's features
+    files = decision_files(tmp_path)
+    assert len(files) == 1 and "-cmp-" in files[0].name
+    assert len(offline.read("scaling_decisions")) == 9
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise OSError("disk full")
+
+    # A fold that fails costs readers files, never the cycle (its decisions are applied).
+    monkeypatch.setattr(offline, "fold", broken)
+    report = cycle(Reader(), Actuator(), log)  # type: ignore[arg-type]
+    assert len(report.decisions) == 3
+    assert "could not fold the decision journal" in caplog.text
