@@ -2,8 +2,22 @@
 
     python -m bench.latency --json PATH [--services 1000] [--decisions 300] [--cycles 5]
 
-Set-up (not timed), in a temporary state folder with the embedded defaults (Feast SQLite
-online store, MLflow on SQLite):
+Backends: those the settings name, built from the environment as every entry point builds
+them; by default the embedded ones (Feast SQLite online store in a temporary state folder,
+MLflow on SQLite). On Redis, with the other settings left as they are::
+
+    redis-server --port 6391 --save '' --appendonly no --daemonize yes
+    AUTOSCALER_ONLINE_STORE=redis AUTOSCALER_REDIS_URL=localhost:6391 \
+        python -m bench.latency --json PATH
+
+(``AUTOSCALER_MLFLOW_TRACKING_URI`` moves the registry likewise.) The backends used are in
+the record (``online_store``, ``mlflow_backend``: the tracking URI's scheme) and the table.
+The services are ``lat-<run>-00000`` on, an id prefix of their own per run, so a run on a
+Redis that earlier runs wrote to reads none of their rows (a decision already stored for a
+minute would make the cycle skip it); use a Redis, or a ``,db=N``, kept for benchmarks and
+flush it afterwards.
+
+Set-up (not timed):
 
 * the feature repo is applied and one minute of features for ``--services`` services is
   written to the online store (values drawn at random in the engineered features' schema,
@@ -21,8 +35,9 @@ Timed (JSON keys):
   both aliases is timed on its own as ``alias_check_ms``;
 * ``cycle_1000_services_s``: one engine cycle for all services (one online read, the
   alias check, one batched forecast and policy call, the dry-run actuator), the median
-  over ``--cycles`` cycles, no Prefect; with the decision log (offline table + online
-  push) as ``cycle_with_log_s``;
+  over ``--cycles`` cycles, no Prefect; with the decision log (the offline journal
+  written before actuation, the online push after it) as ``cycle_with_log_s``, its
+  stages in ``cycle_with_log_stages_s``;
 * ``prefect_cycle_overhead_s``: the wall time of one ``inference`` flow run (dry-run
   actuator, the same services, one cycle) minus the engine cycle it runs, on Prefect's
   temporary server that is already up. It includes what a scheduled run pays every
@@ -38,11 +53,13 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -50,12 +67,15 @@ import pandas as pd
 SERVICES = 1000
 
 
-def plausible_frames(services: int, at: pd.Timestamp, seed: int = 0) -> Any:
-    """Random feature rows in the real schema, with profiles and state a cluster could have."""
+def plausible_frames(services: int, at: pd.Timestamp, seed: int = 0, prefix: str = "svc") -> Any:
+    """Random feature rows in the real schema, with profiles and state a cluster could have.
+
+    Services are ``<prefix>-00000`` on (:func:`bench.online_read.synthetic_frames`).
+    """
     from bench.online_read import synthetic_frames
 
     rng = np.random.default_rng(seed)
-    frames = synthetic_frames(services, at, seed)
+    frames = synthetic_frames(services, at, seed, prefix)
     level = rng.uniform(300, 30_000, services)  # events per minute
     minute = frames.minute
     minute["events_in"] = rng.poisson(level).astype(np.float32)
@@ -173,6 +193,22 @@ def _quiet_dry_run() -> Any:
     return DryRunActuator(logger=quiet)
 
 
+def backends(settings: Any) -> dict[str, str]:
+    """The online store and MLflow backend the settings name (no address, no credentials).
+
+    Args:
+        settings: :class:`autoscaler.settings.Settings`.
+
+    Returns:
+        ``online_store`` (``sqlite`` or ``redis``) and ``mlflow_backend`` (the tracking
+        URI's scheme: ``sqlite``, ``postgresql``, ``http`` for a tracking server, ``file``).
+    """
+    return {
+        "online_store": str(settings.online_store),
+        "mlflow_backend": urlsplit(settings.mlflow_uri).scheme or "file",
+    }
+
+
 def measure(state_dir: Path, services: int, decisions: int, cycles: int) -> dict[str, Any]:
     """Run the set-up and every timing (module docstring); returns the JSON record."""
     from autoscaler.runtime import configure_prefect, feast_config, registry_config
@@ -189,7 +225,8 @@ def measure(state_dir: Path, services: int, decisions: int, cycles: int) -> dict
     configure_prefect(settings)
     now = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("min")
     store = apply(feast_config(settings))
-    frames = plausible_frames(services, now)
+    prefix = f"lat-{secrets.token_hex(3)}"  # this run's services (module docstring)
+    frames = plausible_frames(services, now, prefix=prefix)
     write_online(store, frames)
     ids = frames.minute["service_id"].tolist()
     versions = register_models(settings)
@@ -230,12 +267,17 @@ def measure(state_dir: Path, services: int, decisions: int, cycles: int) -> dict
     for k in range(cycles):
         # Each logged cycle decides a new minute, as the schedule does.
         minute = now + pd.Timedelta(minutes=k + 1)
-        write_online(store, plausible_frames(services, minute, seed=k + 1))
+        write_online(store, plausible_frames(services, minute, seed=k + 1, prefix=prefix))
         logged.append(run_cycle(engine, reader, actuator, log, ids, minute, max_feature_age=age))
+    assert all(len(r.decisions) == services for r in logged)
     cycle_s = statistics.median(r.seconds["total"] for r in runs)
     stages = {
         stage: round(statistics.median(r.seconds[stage] for r in runs), 4)
         for stage in ("read", "decide", "act")
+    }
+    log_stages = {
+        stage: round(statistics.median(r.seconds[stage] for r in logged), 4)
+        for stage in ("read", "decide", "act", "log")
     }
 
     # Prefect: the inference flow for the same services on the temporary server.
@@ -252,7 +294,7 @@ def measure(state_dir: Path, services: int, decisions: int, cycles: int) -> dict
     for k in range(3):
         # A new minute per run: a minute already decided is skipped, not decided again.
         minute = now + pd.Timedelta(minutes=cycles + 1 + k)
-        write_online(store, plausible_frames(services, minute, seed=100 + k))
+        write_online(store, plausible_frames(services, minute, seed=100 + k, prefix=prefix))
         t0 = time.perf_counter()
         result = inference_flow(
             actuator="dry-run",
@@ -270,6 +312,7 @@ def measure(state_dir: Path, services: int, decisions: int, cycles: int) -> dict
         overheads.append(wall - engine_s)
     return {
         "services": services,
+        **backends(settings),
         "decisions_timed": decisions,
         "cycles_timed": cycles,
         "models": versions,
@@ -278,6 +321,7 @@ def measure(state_dir: Path, services: int, decisions: int, cycles: int) -> dict
         "cycle_1000_services_s": round(cycle_s, 4),
         "cycle_stages_s": stages,
         "cycle_with_log_s": round(statistics.median(r.seconds["total"] for r in logged), 4),
+        "cycle_with_log_stages_s": log_stages,
         "alias_check_ms": round(1000 * statistics.median(checks), 3),
         "prefect_cycle_overhead_s": round(statistics.median(overheads), 4),
         "prefect_breakdown": {
@@ -298,6 +342,7 @@ def measure(state_dir: Path, services: int, decisions: int, cycles: int) -> dict
 def format_table(record: dict[str, Any]) -> str:
     """The record as a small text table."""
     rows = [
+        ("online store / MLflow backend", f"{record['online_store']} / {record['mlflow_backend']}"),
         ("one decision p50 (ms)", record["p50_decision_ms"]),
         ("one decision p99 (ms)", record["p99_decision_ms"]),
         ("registry alias check, both models (ms)", record["alias_check_ms"]),
@@ -307,6 +352,10 @@ def format_table(record: dict[str, Any]) -> str:
             " / ".join(map(str, record["cycle_stages_s"].values())),
         ),
         ("cycle with decision log (s)", record["cycle_with_log_s"]),
+        (
+            "  of which read / decide / act / log (s)",
+            " / ".join(map(str, record["cycle_with_log_stages_s"].values())),
+        ),
         ("Prefect overhead per run (s)", record["prefect_cycle_overhead_s"]),
         (
             "  flow run / engine cycle in it (s)",

@@ -42,10 +42,20 @@ def _column(kind: str, n: int, rng: np.random.Generator) -> Any:
     return rng.random(n).astype(np.float32) * 100
 
 
-def synthetic_frames(services: int, at: pd.Timestamp, seed: int = 0) -> FeatureFrames:
-    """One feature row per service at ``at`` with random values in the real schema."""
+def synthetic_frames(
+    services: int, at: pd.Timestamp, seed: int = 0, prefix: str = "svc"
+) -> FeatureFrames:
+    """One feature row per service at ``at`` with random values in the real schema.
+
+    Args:
+        services: Rows (services ``<prefix>-00000`` on).
+        at: Their event timestamp.
+        seed: Seed of the values.
+        prefix: Service id prefix (a run that shares an online store with earlier runs
+            takes its own).
+    """
     rng = np.random.default_rng(seed)
-    ids = [f"svc-{i:05d}" for i in range(services)]
+    ids = [f"{prefix}-{i:05d}" for i in range(services)]
     keys = {"service_id": ids, "event_timestamp": [at] * services}
     minute = pd.DataFrame(keys | {n: _column(k, services, rng) for n, k in MINUTE_FEATURES})
     minute = minute.astype({n: PANDAS_DTYPES[k] for n, k in MINUTE_FEATURES})

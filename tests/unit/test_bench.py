@@ -1,5 +1,6 @@
 """Behaviour of the benchmarks: scenario loading (bench/scenarios.py), the control
-benchmark (bench/control.py) on small scenarios, and the simulator-speed probe.
+benchmark (bench/control.py) on small scenarios, the simulator-speed probe, and the
+latency benchmark's record (backends, table, service ids).
 
 The control benchmark runs end to end on a few days of traffic, so these tests take
 some seconds each; the scenario is run once per module and shared.
@@ -403,3 +404,57 @@ def test_measure_returns_a_positive_rate() -> None:
     rate = measure(services=3, steps=30)
     assert math.isfinite(rate)
     assert rate > 0
+
+
+# ------------------------------------------------------------------ latency
+
+
+def test_latency_names_the_backends_without_addresses_or_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoscaler.settings import build_settings
+    from bench.latency import backends
+
+    for name in ("AUTOSCALER_ONLINE_STORE", "AUTOSCALER_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    assert backends(build_settings(state_dir=tmp_path)) == {
+        "online_store": "sqlite",
+        "mlflow_backend": "sqlite",
+    }
+    # The benchmark honours the environment, as every entry point does.
+    monkeypatch.setenv("AUTOSCALER_ONLINE_STORE", "redis")
+    monkeypatch.setenv("AUTOSCALER_REDIS_URL", "redis.internal:6391,password=hunter2")
+    monkeypatch.setenv("AUTOSCALER_MLFLOW_TRACKING_URI", "postgresql://ml:hunter2@db/mlflow")
+    scaled_out = backends(build_settings(state_dir=tmp_path))
+    assert scaled_out == {"online_store": "redis", "mlflow_backend": "postgresql"}
+    assert "hunter2" not in json.dumps(scaled_out)
+
+
+def test_latency_table_shows_the_backends_and_the_log_stage() -> None:
+    from bench.latency import format_table
+
+    record = {
+        "services": 1000,
+        "online_store": "redis",
+        "mlflow_backend": "sqlite",
+        "p50_decision_ms": 19.4,
+        "p99_decision_ms": 28.7,
+        "alias_check_ms": 9.0,
+        "cycle_1000_services_s": 0.99,
+        "cycle_stages_s": {"read": 0.77, "decide": 0.2, "act": 0.005},
+        "cycle_with_log_s": 1.4,
+        "cycle_with_log_stages_s": {"read": 0.7, "decide": 0.2, "act": 0.005, "log": 0.4},
+        "prefect_cycle_overhead_s": 1.0,
+        "prefect_breakdown": {"flow_run_s": 2.4, "engine_cycle_in_flow_s": 1.4},
+    }
+    lines = format_table(record).splitlines()
+    assert lines[0].split() == ["online", "store", "/", "MLflow", "backend", "redis", "/", "sqlite"]
+    assert any(line.split()[-7:] == ["0.7", "/", "0.2", "/", "0.005", "/", "0.4"] for line in lines)
+
+
+def test_latency_services_take_the_runs_prefix() -> None:
+    from bench.latency import plausible_frames
+
+    frames = plausible_frames(3, pd.Timestamp("2026-03-02 12:00"), prefix="lat-abc123")
+    assert frames.minute["service_id"].tolist() == [f"lat-abc123-{i:05d}" for i in range(3)]
+    assert frames.profiles["service_id"].tolist() == frames.minute["service_id"].tolist()
