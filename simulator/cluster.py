@@ -19,7 +19,9 @@ Discrete time, one step = 60 s, vectorised over S services with NumPy
    counted exactly.
 6. Each serving, non-draining job crashes with probability
    ``job_failure_rate_per_hour / 60`` at the end of the step; a crashed job restarts
-   (startup delay again) and stays billed, as a Deployment restarts a pod.
+   (startup delay again) and stays billed, as a Deployment restarts a pod. A crash wave
+   (:meth:`ClusterSimulator.crash_wave`, fault injection) crashes a set share of the
+   jobs that survived those draws at the end of the next step, through the same path.
 7. Billing: starting + serving (draining included) jobs, times
    ``cost_per_job_hour / 60``.
 
@@ -31,6 +33,7 @@ queued then as late, so a controller cannot hide a backlog past the horizon.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Real
 
 import numpy as np
 
@@ -72,6 +75,9 @@ class ClusterState:
     last: StepRecord | None = None
     step: int = 0
     extra_late: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Share of the serving jobs a crash wave takes at the end of the next step (empty or
+    # all zero: none pending).
+    crashing: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class ClusterSimulator:
@@ -99,6 +105,7 @@ class ClusterSimulator:
             history=np.zeros((n, self._k)),
             changed_last=np.zeros(n, dtype=bool),
             extra_late=np.zeros(n),
+            crashing=np.zeros(n),
         )
         self._price_per_step = params.cost_per_job_hour / 60.0
         self._fail_p = params.job_failure_rate_per_hour / 60.0
@@ -114,6 +121,31 @@ class ClusterSimulator:
     @property
     def starting(self) -> np.ndarray:
         return np.asarray(self.state.pipeline.sum(axis=1))
+
+    def crash_wave(self, service_id: str, fraction: float = 1.0) -> None:
+        """Crash a share of a service's serving jobs at once, at the end of the next step.
+
+        Fault injection (a bad deploy, a node pool lost): at the end of the next step,
+        after that step's random failures are drawn, ``round(fraction * n)`` (halves up)
+        of the ``n`` serving, non-draining jobs left crash too. They take the random
+        failures' path: counted in the step's ``failed``, restarted with the startup
+        delay, billed while they restart, and the next step pauses for the rebalance.
+        Two waves asked for before the same step combine as independent ones (the share
+        that survives is the product of what each spares).
+
+        Args:
+            service_id: The service whose jobs crash.
+            fraction: Share of its serving jobs that crash, in [0, 1] (1: all of them).
+
+        Raises:
+            ValueError: If the service is unknown or ``fraction`` is not in [0, 1].
+        """
+        lane = _lane(self.params, service_id)
+        share = _crash_share(fraction)
+        st = self.state
+        if st.crashing.shape != (self.params.n_services,):
+            st.crashing = np.zeros(self.params.n_services)
+        st.crashing[lane] = 1.0 - (1.0 - st.crashing[lane]) * (1.0 - share)
 
     def begin_step(self) -> np.ndarray:
         """Let the jobs whose startup completes now join; return how many joined."""
@@ -170,8 +202,15 @@ class ClusterSimulator:
         # the next step, so it is billed here once (as serving), not also as starting.
         starting = self.starting
         failed = np.zeros_like(st.running)
-        if self._any_fail:
-            failed = self._rng.binomial(st.running, self._fail_p)
+        wave = st.crashing.any()
+        if self._any_fail or wave:
+            if self._any_fail:
+                failed = self._rng.binomial(st.running, self._fail_p)
+            if wave:
+                # Drawn after the random failures, so the random streams are unchanged.
+                survivors = st.running - failed
+                failed = failed + np.floor(st.crashing * survivors + 0.5).astype(np.int64)
+                st.crashing = np.zeros_like(st.crashing)
             st.running = st.running - failed
             restart_slot = (st.step + 1 + p.startup_steps) % self._slots
             # A crashed job with zero startup is back for the next step.
@@ -233,3 +272,22 @@ class ClusterSimulator:
         # already in ``late``.
         st.extra_late = late
         return late
+
+
+def _lane(params: ClusterParams, service_id: str) -> int:
+    """Index of ``service_id`` in ``params``; a clear error for an unknown one."""
+    try:
+        return params.service_ids.index(service_id)
+    except ValueError:
+        raise ValueError(
+            f"unknown service {service_id!r}; the cluster runs {', '.join(params.service_ids)}"
+        ) from None
+
+
+def _crash_share(fraction: float) -> float:
+    """``fraction`` as a float in [0, 1]; a clear error otherwise (NaN included)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, Real):
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1] (1: every serving job), got {fraction}")
+    return float(fraction)

@@ -20,6 +20,10 @@ Life cycle:
   apply as always.
 * :meth:`SimulatedCluster.apply` (the :class:`~serving.actuators.base.Actuator`
   protocol) sets targets; a target takes effect from the next advanced minute.
+* :meth:`SimulatedCluster.crash_wave` (fault injection) crashes a share of a service's
+  serving jobs at the end of the next advanced minute
+  (:meth:`simulator.cluster.ClusterSimulator.crash_wave`): they restart after the startup
+  delay as randomly failed jobs do, and show in that minute's ``job_failures``.
 
 Traffic. The live traffic is pregenerated in chunks of ``future_days`` (the first at
 bootstrap, later ones when an advance reaches them). Chunk ``k`` is
@@ -68,8 +72,9 @@ target the simulator acted on (after step limit and min/max), job failures and c
 Persistence (folder layout), no pickle anywhere::
 
     cluster.json                 settings: format, seed, times, service specs and configs
-    state.npz                    jobs, pipeline, queue, queue history, targets, step,
-                                 clock, RNG bit-generator state, skipped ranges
+    state.npz                    jobs, pipeline, queue, queue history, targets, pending
+                                 crash wave, step, clock, RNG bit-generator state,
+                                 skipped ranges
     traffic/history/*.npy        the history's arrivals and calendar (time-major)
     traffic/future-00000/*.npy   live traffic chunks (memory-mapped when read)
     outbox/<table>/<from>_<to>.parquet, truth/<from>_<to>.parquet   append-only segments
@@ -172,6 +177,8 @@ _TRAFFIC_FIELDS = (
     "multiplier",
 )
 _STATE_ARRAYS = ("running", "pipeline", "queue", "history", "changed_last", "targets")
+# Arrays a state file written before they existed lacks; read as zeros of this dtype.
+_OPTIONAL_ARRAYS = {"crashing": np.float64}
 
 
 class ClusterStateError(ActuatorError):
@@ -426,6 +433,7 @@ class _State:
     history: np.ndarray  # (S, K), as ClusterState.history
     changed_last: np.ndarray
     targets: np.ndarray  # job target asked for through apply()
+    crashing: np.ndarray  # crash wave pending for the next minute (share of serving jobs)
     step: int  # simulated steps so far (the pipeline's slot clock)
     clock: pd.Timestamp  # next minute to simulate
     rng: dict[str, Any]  # bit_generator.state of the simulator's random streams
@@ -631,6 +639,7 @@ class SimulatedCluster:
             changed_last=sim.state.changed_last.copy(),
             # What the reactive scaler last asked (bounded), so an idle cluster holds it.
             targets=sim.state.last.target.astype(np.int64),
+            crashing=np.zeros(len(specs)),
             step=sim.state.step,
             clock=config.end,
             rng=dict(sim.rng.bit_generator.state),
@@ -771,6 +780,34 @@ class SimulatedCluster:
             self._state = state
         return results
 
+    # ----------------------------------------------------------------- faults
+
+    def crash_wave(self, service_id: str, fraction: float = 1.0) -> None:
+        """Crash a share of a service's serving jobs at the end of the next advanced minute.
+
+        Fault injection for tests and drills, by the simulator's own rule
+        (:meth:`simulator.cluster.ClusterSimulator.crash_wave`): the crashed jobs count
+        in that minute's ``job_failures``, serve no more from the minute after, restart
+        after the startup delay and stay billed meanwhile. Targets are not touched. The
+        wave is saved with the cluster, so the process that advances it next (this one
+        or another) runs it.
+
+        Args:
+            service_id: The service whose jobs crash.
+            fraction: Share of its serving jobs that crash, in [0, 1] (1: all of them).
+
+        Raises:
+            ValueError: If the service is unknown or ``fraction`` is not in [0, 1].
+            ClusterBusyError: If another process holds the lock too long.
+        """
+        with self._locked():
+            state = self._read_state()
+            sim = self._simulator(state)
+            sim.crash_wave(service_id, fraction)
+            state.crashing = sim.state.crashing
+            _write_state(self.folder / STATE_FILE, state)
+            self._state = state
+
     # ----------------------------------------------------------------- running
 
     def advance(
@@ -845,6 +882,7 @@ class SimulatedCluster:
             st = sim.state
             state.running, state.pipeline, state.queue = st.running, st.pipeline, st.queue
             state.history, state.changed_last = st.history, st.changed_last
+            state.crashing = st.crashing
             state.step, state.clock, state.rng = st.step, stop, dict(sim.rng.bit_generator.state)
             _write_state(self.folder / STATE_FILE, state)  # the commit point
         return frames
@@ -958,6 +996,9 @@ class SimulatedCluster:
                         f"({FORMAT_VERSION}); upgrade the package to use this cluster"
                     )
                 arrays = {name: z[name] for name in _STATE_ARRAYS}
+                for name, dtype in _OPTIONAL_ARRAYS.items():
+                    absent = np.zeros(len(self.services), dtype=dtype)
+                    arrays[name] = z[name] if name in z.files else absent
                 step, clock_ns = int(z["step"]), int(z["clock_ns"])
                 extra = json.loads(str(z["extra"][()]))
             rng = extra["rng"]
@@ -977,6 +1018,7 @@ class SimulatedCluster:
             "history": t.history.shape,
             "changed_last": t.changed_last.shape,
             "targets": t.running.shape,
+            "crashing": t.running.shape,
         }
         wrong = [k for k, shape in expected.items() if arrays[k].shape != shape]
         if wrong:
@@ -991,6 +1033,7 @@ class SimulatedCluster:
             history=arrays["history"].astype(np.float64),
             changed_last=arrays["changed_last"].astype(bool),
             targets=arrays["targets"].astype(np.int64),
+            crashing=arrays["crashing"].astype(np.float64),
             step=step,
             clock=pd.Timestamp(clock_ns),
             rng=rng,
@@ -1007,6 +1050,7 @@ class SimulatedCluster:
             changed_last=state.changed_last.copy(),
             step=state.step,
             extra_late=np.zeros(len(self.services)),
+            crashing=state.crashing.copy(),
         )
         sim.rng.bit_generator.state = state.rng
         return sim
@@ -1100,6 +1144,7 @@ def _write_state(path: Path, state: _State) -> None:
             history=state.history,
             changed_last=state.changed_last,
             targets=state.targets,
+            crashing=state.crashing,
             step=np.int64(state.step),
             clock_ns=np.int64(state.clock.value),
             extra=np.array(json.dumps(extra)),

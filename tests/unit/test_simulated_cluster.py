@@ -254,6 +254,71 @@ def test_scale_down_is_graceful(cluster: SimulatedCluster) -> None:
     assert after["jobs_serving"] == 9
 
 
+def test_a_crash_wave_is_saved_and_run_by_the_next_advance(
+    saved: tuple[Path, dict[str, pd.DataFrame]], tmp_path: Path
+) -> None:
+    calm = SimulatedCluster.load(_copy(saved[0], tmp_path / "calm"))
+    hit = SimulatedCluster.load(_copy(saved[0], tmp_path / "hit"))
+    targets = hit.current(list(hit.services))
+    hit.crash_wave("checkout", 1.0)
+    # The wave is saved with the cluster: the process that advances next runs it.
+    first = SimulatedCluster.load(hit.folder).advance(END + MIN)
+    delay = hit.configs[hit.services.index("checkout")].startup_steps
+    until = END + (delay + 4) * MIN
+    hit.advance(until)
+    calm.advance(until)
+    mine = hit.truth().query("service_id == 'checkout' and ts >= @END").set_index("ts")
+    twin = calm.truth().query("service_id == 'checkout' and ts >= @END").set_index("ts")
+    n = int(mine.loc[END, "jobs_serving"])
+    # Every serving job crashed at the end of the first minute, and its rows say so.
+    assert n > 0 and mine.loc[END, "job_failures"] == n
+    row = first["system_metrics"].query("service_id == 'checkout'")
+    assert row["job_failures"].tolist() == [n] and row["jobs_running"].tolist() == [n]
+    # None serves while they restart (startup delay), then all are back.
+    down = mine.loc[END + MIN : END + delay * MIN]
+    assert (down["jobs_serving"] == 0).all() and (down["jobs_starting"] == n).all()
+    assert (
+        mine.loc[END + (delay + 1) * MIN, "jobs_serving"]
+        == twin.loc[END + (delay + 1) * MIN, "jobs_serving"]
+    )
+    # Meanwhile the queue builds; the crash is spent after one minute.
+    assert (down["queue"] > twin.loc[down.index, "queue"]).all()
+    assert mine["job_failures"].iloc[1:].sum() == 0
+    # Targets are untouched and restarting jobs stay billed.
+    assert hit.current(list(hit.services)) == targets
+    pd.testing.assert_series_equal(mine["jobs_target_bounded"], twin["jobs_target_bounded"])
+    pd.testing.assert_series_equal(mine["cost"], twin["cost"])
+    # The other services run exactly as in the twin without the wave.
+    others = "service_id != 'checkout'"
+    pd.testing.assert_frame_equal(hit.truth().query(others), calm.truth().query(others))
+
+
+def test_a_crash_wave_with_bad_arguments_saves_nothing(cluster: SimulatedCluster) -> None:
+    before = (cluster.folder / STATE_FILE).read_bytes()
+    with pytest.raises(ValueError, match="unknown service 'nope'"):
+        cluster.crash_wave("nope")
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+        cluster.crash_wave("checkout", 1.5)
+    assert (cluster.folder / STATE_FILE).read_bytes() == before
+    frames = cluster.advance(END + MIN)
+    assert frames["system_metrics"]["job_failures"].sum() == 0
+
+
+def test_a_state_saved_before_crash_waves_existed_loads_with_none_pending(
+    cluster: SimulatedCluster,
+) -> None:
+    path = cluster.folder / STATE_FILE
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files if name != "crashing"}
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    old = SimulatedCluster.load(cluster.folder)
+    assert old.advance(END + MIN)["system_metrics"]["job_failures"].sum() == 0
+    old.crash_wave("analytics", 1.0)  # and it saves one from now on
+    rows = old.advance(END + 2 * MIN)["system_metrics"].query("service_id == 'analytics'")
+    assert rows["job_failures"].tolist() == rows["jobs_running"].tolist() != [0]
+
+
 def test_outbox_loses_nothing_until_acknowledged(cluster: SimulatedCluster) -> None:
     history = cluster.pending()
     # The history waits in the outbox too, so a crash before its ingestion loses nothing.

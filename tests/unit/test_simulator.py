@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from simulator.cluster import ClusterSimulator, StepRecord
 from simulator.config import STEP_S, ClusterParams, ServiceConfig
 from simulator.metrics import SimLog, event_metrics, summarize, system_metrics
 from simulator.queueing import history_steps
@@ -445,6 +446,104 @@ def test_crashed_jobs_restart_after_the_startup_delay_and_stay_billed(startup_s:
     assert (col(log, "serving").min() < 4) == (delay > 0)
     # A crash pauses the next step.
     assert np.all(col(log, "paused")[1:][failed[:-1] > 0])
+
+
+def wave_run(
+    wave: tuple[str, float] | None,
+    *,
+    at: int = 3,
+    n_steps: int = 12,
+    seed: int = 0,
+    **overrides: object,
+) -> list[StepRecord]:
+    """Two services ("a", "b") of 6 jobs each at a steady load; ``wave`` (service,
+    fraction) is asked for just before step ``at``."""
+    services = [
+        ServiceConfig(**{**SIMPLE, "service_id": sid, "job_startup_s": 120.0, **overrides})  # type: ignore[arg-type]
+        for sid in ("a", "b")
+    ]
+    sim = ClusterSimulator(ClusterParams.from_services(services), np.array([6, 6]), seed=seed)
+    records = []
+    for t in range(n_steps):
+        if wave is not None and t == at:
+            sim.crash_wave(*wave)
+        records.append(sim.step(np.array([6, 6]), np.array([300.0, 300.0])))
+    return records
+
+
+def lane(records: list[StepRecord], name: str, i: int = 0) -> np.ndarray:
+    return np.array([getattr(r, name)[i] for r in records])
+
+
+def test_a_crash_wave_crashes_a_share_of_the_serving_jobs_and_they_restart() -> None:
+    calm, hit = wave_run(None), wave_run(("a", 0.5), at=3)
+    # Half of the 6 serving jobs crash at the end of step 3, as failed jobs do.
+    assert lane(hit, "failed").tolist() == [0, 0, 0, 3] + [0] * 8
+    # They serve no more from step 4 and restart with the 2-step startup: back at 6.
+    assert lane(hit, "serving").tolist() == [6] * 4 + [3, 3] + [6] * 6
+    assert lane(hit, "starting").tolist() == [0] * 4 + [3, 3] + [0] * 6
+    assert lane(hit, "joined").tolist() == [0] * 6 + [3] + [0] * 5
+    # The crash and the rejoin each pause consumption for the rebalance.
+    assert np.flatnonzero(lane(hit, "paused")).tolist() == [4, 6]
+    # Restarting jobs stay billed; the target is untouched.
+    assert lane(hit, "billed").tolist() == [6] * 12
+    assert lane(hit, "target").tolist() == [6] * 12
+    # While capacity is down the queue builds (300 events a step need 5 jobs).
+    assert lane(hit, "queue")[4:6].min() > 0 and lane(calm, "queue").max() == 0
+    # Nothing else changes: the other service, and this one before the wave.
+    for name in ("serving", "starting", "failed", "queue", "billed", "processed"):
+        np.testing.assert_array_equal(lane(hit, name, 1), lane(calm, name, 1), err_msg=name)
+        np.testing.assert_array_equal(lane(hit, name)[:3], lane(calm, name)[:3], err_msg=name)
+
+
+@pytest.mark.parametrize(("fraction", "crashed"), [(1.0, 6), (0.0, 0), (0.25, 2), (0.5, 3)])
+def test_a_crash_wave_rounds_its_share_half_up(fraction: float, crashed: int) -> None:
+    assert lane(wave_run(("a", fraction)), "failed")[3] == crashed
+
+
+def test_a_crash_wave_comes_after_the_random_failures_and_leaves_their_draws_alone() -> None:
+    calm = wave_run(None, seed=7, n_steps=30, job_failure_rate_per_hour=20.0)
+    hit = wave_run(("a", 0.5), at=20, seed=7, n_steps=30, job_failure_rate_per_hour=20.0)
+    np.testing.assert_array_equal(lane(hit, "failed")[:20], lane(calm, "failed")[:20])
+    # At step 20 the random draws are the same; the wave takes half of the jobs they
+    # spared (the target is steady, so none is draining).
+    random, serving = lane(calm, "failed")[20], lane(calm, "serving")[20]
+    assert random > 0 and lane(calm, "drained")[20] == 0
+    assert lane(hit, "failed")[20] == random + math.floor(0.5 * (serving - random) + 0.5)
+    # The other service's random failures are untouched throughout.
+    np.testing.assert_array_equal(lane(hit, "failed", 1)[:21], lane(calm, "failed", 1)[:21])
+
+
+def test_two_waves_before_one_step_combine_as_independent_ones() -> None:
+    services = [ServiceConfig(**{**SIMPLE, "service_id": "a", "job_startup_s": 60.0})]  # type: ignore[arg-type]
+    sim = ClusterSimulator(ClusterParams.from_services(services), np.array([8]))
+    sim.crash_wave("a", 0.5)
+    sim.crash_wave("a", 0.5)  # half of the half that the first one spares
+    assert sim.step(np.array([8]), np.array([0.0])).failed.tolist() == [6]
+    # A wave is spent once it ran.
+    assert sim.step(np.array([8]), np.array([0.0])).failed.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("service", "fraction", "message"),
+    [
+        ("nope", 0.5, "unknown service 'nope'; the cluster runs a"),
+        ("a", -0.1, r"fraction must be in \[0, 1\]"),
+        ("a", 1.5, r"fraction must be in \[0, 1\]"),
+        ("a", float("nan"), r"fraction must be in \[0, 1\]"),
+        ("a", "all", "fraction must be a number"),
+        ("a", True, "fraction must be a number"),
+    ],
+)
+def test_a_crash_wave_with_bad_arguments_is_refused(
+    service: str, fraction: object, message: str
+) -> None:
+    services = [ServiceConfig(**{**SIMPLE, "service_id": "a"})]  # type: ignore[arg-type]
+    sim = ClusterSimulator(ClusterParams.from_services(services), np.array([4]))
+    with pytest.raises(ValueError, match=message):
+        sim.crash_wave(service, fraction)  # type: ignore[arg-type]
+    # Nothing was scheduled.
+    assert sim.step(np.array([4]), np.array([0.0])).failed.tolist() == [0]
 
 
 def log_arrays(log: SimLog) -> dict[str, np.ndarray]:
