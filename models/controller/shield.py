@@ -62,6 +62,11 @@ Rules, applied in this order; each reports its code only if it changed the value
     ``current``; a floor further away is approached by ``max_step`` per step. This is
     also where ``min_jobs`` is enforced, so a proposal below ``min_jobs`` reports
     ``floor``.
+``backlog``
+    Reported with ``floor`` when the backlog term is why the floor is that high:
+    with an empty queue the floor (clipped the same way) would have been lower. A
+    queue that builds while capacity is lost (jobs crashed and restarting, a
+    consumer stalled) raises the target this way, and the decision says so.
 ``cooldown``
     A decrease (value below ``current``) while ``steps_since_change <
     cooldown_steps`` is replaced by ``current``, lowered only as far as the ceilings
@@ -72,8 +77,9 @@ Rules, applied in this order; each reports its code only if it changed the value
     cooldown. Scale-ups are never delayed.
 
 A reason string joins the codes that changed the value with ``+`` in the order of
-:data:`REASONS`, e.g. ``"floor"``, ``"step+floor"``, ``"fallback:forecast"``,
-``"fallback:proposal+step"``; ``""`` means the proposal passed untouched.
+:data:`REASONS`, e.g. ``"floor"``, ``"step+floor"``, ``"floor+backlog"``,
+``"fallback:forecast"``, ``"fallback:proposal+step"``; ``""`` means the proposal
+passed untouched.
 """
 
 from __future__ import annotations
@@ -89,16 +95,16 @@ import numpy as np
 from models.controller.base import Controller, Observation
 from simulator.config import STEP_S, ClusterParams
 
-REASONS = ("fallback", "step", "ceiling", "budget", "floor", "cooldown")
+REASONS = ("fallback", "step", "ceiling", "budget", "floor", "backlog", "cooldown")
 """Intervention codes, in the order they are applied and joined in a reason string."""
 
 FALLBACK_CAUSES = ("proposal", "forecast", "state")
 """Why the fallback rule fired, written after ``fallback:`` in a reason string."""
 
 # Per-service rule flags (bit i is REASONS[i + 1]) and fallback cause (0 = none, then
-# FALLBACK_CAUSES in order); a reason string is looked up at cause * 32 + flags.
-_STEP, _CEILING, _BUDGET, _FLOOR, _COOLDOWN = 1, 2, 4, 8, 16
-_N_FLAG_VALUES = 32
+# FALLBACK_CAUSES in order); a reason string is looked up at cause * 64 + flags.
+_STEP, _CEILING, _BUDGET, _FLOOR, _BACKLOG, _COOLDOWN = 1, 2, 4, 8, 16, 32
+_N_FLAG_VALUES = 64
 _CAUSE_PROPOSAL, _CAUSE_FORECAST, _CAUSE_STATE = 1, 2, 3
 
 
@@ -257,7 +263,8 @@ def _lane_vector(values: object, n: int, what: str, copy: bool = False) -> np.nd
 
 # The state arrays the shield trusts or not, in the rows of its state matrix.
 _STATE_FIELDS = ("jobs_target", "queue_length", "arrivals", "jobs_running", "jobs_starting")
-# Weights that turn the (5, S) "stage i changed the value" matrix into rule flags.
+# Weights that turn the (5, S) "stage i changed the value" matrix into rule flags
+# (``backlog`` is no stage of its own: it says why ``floor`` changed the value).
 # Float weights: numpy's matmul has no fast path for int @ bool.
 _FLAG_WEIGHTS = np.array([_STEP, _CEILING, _BUDGET, _FLOOR, _COOLDOWN], dtype=np.float64)
 
@@ -314,17 +321,25 @@ def _shield(
     cause = np.where(state_ok, np.where(forecast_ok, ~proposal_ok, _CAUSE_FORECAST), _CAUSE_STATE)
     fallback = cause > 0
 
-    backlog = queue / lim.drain_cap
-    # >= current: the fallback rule never scales down (a bad state has zero load here).
-    fallback_value = np.maximum(current, np.ceil(arrivals / lim.fallback_cap + backlog))
-    # Where the forecast or state is bad, upper is 0 and this term is below the fallback.
-    floor = np.ceil(upper / lim.floor_cap + backlog)
-    floor = np.maximum(floor, np.where(fallback, fallback_value, 0.0))
-
     down, up = current - lim.max_step, current + lim.max_step
     lo = np.maximum(lim.min_jobs, down)
     hi = np.maximum(lo, np.minimum(lim.max_jobs, up))
-    floor = np.minimum(np.maximum(floor, lo), hi)
+
+    def floor_for(
+        backlog: np.ndarray | float, lanes: slice | np.ndarray = slice(None)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The floor clipped into [lo, hi], and the fallback value, of ``lanes`` for a
+        backlog term (jobs)."""
+        # >= current: the fallback rule never scales down (a bad state has zero load here).
+        fallback_value = np.maximum(
+            current[lanes], np.ceil(arrivals[lanes] / lim.fallback_cap[lanes] + backlog)
+        )
+        # Where the forecast or state is bad, upper is 0 and this term is below the fallback.
+        floor = np.ceil(upper[lanes] / lim.floor_cap[lanes] + backlog)
+        floor = np.maximum(floor, np.where(fallback[lanes], fallback_value, 0.0))
+        return np.minimum(np.maximum(floor, lo[lanes]), hi[lanes]), fallback_value
+
+    floor, fallback_value = floor_for(queue / lim.drain_cap)
     max_cap = np.maximum(lim.max_jobs, lo)
     budget_cap = np.maximum(lim.budget_jobs, floor)  # the floor beats the budget
 
@@ -340,6 +355,10 @@ def _shield(
     v[5] = np.where(blocked, np.maximum(v[4], hold), v[4])  # cooldown
 
     flags = _FLAG_WEIGHTS @ (v[1:] != v[:-1])
+    raised = np.flatnonzero((v[4] != v[3]) & (queue > 0))
+    if len(raised):
+        # The floor raised the value, and an empty queue would have left it lower.
+        flags[raised] += np.where(floor[raised] > floor_for(0.0, raised)[0], _BACKLOG, 0)
     index = (cause * _N_FLAG_VALUES + flags).astype(np.intp)
     reasons = tuple(_REASON_TABLE[index].tolist())
     return ShieldResult(targets=v[5].astype(np.int64), reasons=reasons, proposed=prop)

@@ -248,7 +248,62 @@ def test_the_floor_adds_the_backlog_and_uses_the_floor_utilization() -> None:
     result = shield_one(
         12, current=12, upper=upper, queue=queue, config=ShieldConfig(floor_utilization=0.9)
     )
-    assert (result.targets.tolist(), result.reasons) == ([expected], ("floor",))
+    # The forecast alone asks for 10 jobs, fewer than the 12 running: the backlog is why.
+    assert (result.targets.tolist(), result.reasons) == ([expected], ("floor+backlog",))
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "target", "reason"),
+    [
+        # 27000 events need 9 jobs; 6000 queued add 4.0013 jobs to drain: 14.
+        (
+            "the backlog raises the floor",
+            {"proposal": 9, "upper": 27000, "queue": 6000},
+            14,
+            "floor+backlog",
+        ),
+        # Lost capacity: nothing serves the queue, so it grows past the step limit.
+        (
+            "a backlog beyond the step limit",
+            {"proposal": 6, "upper": 27000, "queue": 60000},
+            15,
+            "floor+backlog",
+        ),
+        # The forecast floor (20 jobs) is beyond the step limit already: the backlog
+        # changes nothing, so it is not why.
+        (
+            "the step limit binds first",
+            {"proposal": 2, "current": 2, "upper": 60000, "queue": 6000},
+            7,
+            "floor",
+        ),
+        # A proposal that drains the backlog by itself needs no floor.
+        (
+            "the proposal covers the backlog",
+            {"proposal": 14, "upper": 27000, "queue": 6000},
+            14,
+            "",
+        ),
+        # The fallback rule drains a backlog itself; the forecast floor adds one on top.
+        (
+            "fallback under a backlog floor",
+            {"proposal": np.nan, "upper": 24000, "queue": 6000},
+            13,  # ceil(8 + 4.0013)
+            "fallback:proposal+floor+backlog",
+        ),
+        (
+            "a backlog floor beats a cut in cooldown",
+            {"proposal": 6, "since": 0, "upper": 24000, "queue": 3000},
+            11,
+            "floor+backlog",
+        ),
+    ],
+)
+def test_the_backlog_is_named_when_it_is_why_the_floor_raised_the_target(
+    case: str, kwargs: dict[str, object], target: int, reason: str
+) -> None:
+    result = shield_one(**kwargs)  # type: ignore[arg-type]
+    assert (result.targets.tolist(), result.reasons) == ([target], (reason,)), case
 
 
 def test_a_forecast_without_a_level_at_or_below_the_floor_quantile_is_an_error() -> None:
@@ -465,7 +520,7 @@ def test_many_services_at_once_equal_one_service_at_a_time() -> None:
     # The case exercises most rules, so the comparison is not trivially true.
     assert {"", "fallback:proposal", "fallback:forecast", "fallback:state"} <= reasons
     used = {code.split(":")[0] for r in reasons for code in r.split("+") if r}
-    assert used >= {"fallback", "step", "ceiling", "budget", "floor", "cooldown"}
+    assert used >= {"fallback", "step", "ceiling", "budget", "floor", "backlog", "cooldown"}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 4])
@@ -490,6 +545,10 @@ def test_targets_pass_the_simulator_unchanged_and_reasons_are_truthful(seed: int
     for reason in set(result.reasons) - {""}:
         codes = [c.split(":")[0] for c in reason.split("+")]
         assert codes == sorted(codes, key=REASONS.index)
+    # "backlog" only qualifies a floor that raised the value, and needs a queue.
+    backlog = np.array(["backlog" in r.split("+") for r in result.reasons])
+    assert all("floor" in r.split("+") for r in np.asarray(result.reasons)[backlog])
+    assert np.all(obs.queue_length[backlog] > 0)
 
 
 # ------------------------------------------------------------------ SafetyShield
@@ -575,6 +634,7 @@ def test_shielded_controller_counts_interventions_per_reason() -> None:
         "ceiling": 0,
         "budget": 0,
         "floor": 2,
+        "backlog": 0,
         "cooldown": 0,
     }
     controller.reset(make_params(3))
