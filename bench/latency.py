@@ -119,7 +119,7 @@ def register_untrained_forecaster(settings: Any, network: Any, members: int = 1)
     from models import registry
     from models.forecaster import package
     from models.forecaster.model import HybridForecaster
-    from models.forecaster.publish import LOADER, MODEL_NAME
+    from models.forecaster.publish import LOADER, MODEL_NAME, REQUIREMENTS
     from models.forecaster.train import Forecaster
 
     torch.manual_seed(0)
@@ -142,6 +142,7 @@ def register_untrained_forecaster(settings: Any, network: Any, members: int = 1)
             metrics={},
             figures={},
             tags={"untrained": "true"},
+            pip_requirements=registry.pinned_requirements(REQUIREMENTS),
         ).version
     registry.set_alias(config, MODEL_NAME, registry.CHAMPION, version)
     return version

@@ -36,6 +36,8 @@ MODEL_NAME = "scaling-controller"
 LOADER = "models.controller.package:load_predictor"
 GATE_METRIC = "validation_cost_vs_rule"
 RULE = "predictive"
+REQUIREMENTS = registry.FOLDER_MODEL_RUNTIME
+"""What the registered controller needs to load and predict: its policy is NumPy, no torch."""
 
 
 @dataclass(frozen=True)
@@ -232,4 +234,5 @@ def register(
             figures={},
             tags={"stopped_by": report.stopped_by, "mode": policy.mode, **(tags or {})},
             run_id=run_id,
+            pip_requirements=registry.pinned_requirements(REQUIREMENTS),
         )

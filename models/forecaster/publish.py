@@ -31,6 +31,8 @@ from models.forecaster.train import Forecaster, SeriesData, TrainConfig, TrainRe
 MODEL_NAME = "event-forecaster"
 LOADER = "models.forecaster.package:load_predictor"
 GATE_METRIC = "wql"
+REQUIREMENTS = (*registry.FOLDER_MODEL_RUNTIME, "torch")
+"""What the registered forecaster needs to load and predict (its networks are torch)."""
 MAX_PLOTS = 6
 
 
@@ -149,6 +151,7 @@ def register(
             figures=figures,
             tags={"device": report.device, **(tags or {})},
             run_name="train-forecaster",
+            pip_requirements=registry.pinned_requirements(REQUIREMENTS),
         )
 
 

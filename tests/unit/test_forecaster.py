@@ -411,6 +411,12 @@ def test_registered_forecaster_round_trips_and_the_gate_judges_it(
     through = model.predict(full)
     pd.testing.assert_frame_equal(through, package.predict_frame(trained, full))
     assert not np.allclose(through["h60_q50"], package.predict_frame(trained, frame)["h60_q50"])
+    # Its requirements are written, not inferred: torch, which predicting needs, pinned.
+    from importlib.metadata import version as installed
+
+    needs = registry.model_requirements(cfg, f"models:/{publish.MODEL_NAME}/{first}")
+    assert f"torch=={installed('torch')}" in needs
+    assert f"predictive-autoscaler=={installed('predictive-autoscaler')}" in needs
 
     def scored(hybrid_wql: float, champion_wql: float | None) -> evaluate.Evaluation:
         rows = [
