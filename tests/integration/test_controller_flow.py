@@ -36,12 +36,16 @@ synthetic:
   - {name: flow_checkout, service_profile: checkout, days: 12, seed: 5}
 """
 QUICK: dict[str, Any] = {
-    "timesteps": 16_384,
+    # Two rollouts of 8 lanes x 256 steps: the curve needs two points, the gate any policy.
+    "timesteps": 4_096,
     "max_minutes": 1.0,
     "episode_steps": 240,
     "n_envs": 8,
     "validation_days": 0.5,
     "include_synthetic": True,
+    # Only this file's scenario: without it the flow also calibrates every real trace
+    # found in the traces folder (six of them on a developer machine, minutes of work).
+    "traces": ["flow_checkout"],
 }
 
 
@@ -77,6 +81,7 @@ def test_flow_registers_a_challenger_with_curves_and_a_gate_decision(
     client = registry.client(cfg)
     run = client.get_run(first_training["run_id"])
     assert run.data.params["ppo_mode"] == "residual"
+    assert run.data.tags["traces"] == "flow_checkout"
     assert run.data.params["reward_sla"] == "12.0,6.0,3.0"
     # The training callback logged one point per rollout to the same run.
     curve = client.get_metric_history(first_training["run_id"], "rollout/reward")
