@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,17 +66,29 @@ TINY = TrainConfig(
 END = N - 1440  # the last day is never trained on
 
 
-@pytest.fixture(scope="module")
-def trained() -> Forecaster:
+def _train(config: TrainConfig) -> Forecaster:
     torch.set_num_threads(1)  # tiny batches: threads cost more than they give
     series = [
         SeriesData("sine", START, sinusoid(), END),
         SeriesData("noisy", START, noisy(), END),
     ]
-    forecaster, report = train(series, TINY)
-    assert report.steps == TINY.max_steps
+    forecaster, report = train(series, config)
+    assert report.steps == config.max_steps
     assert report.history and report.best_step > 0
     return forecaster
+
+
+@pytest.fixture(scope="module")
+def trained() -> Forecaster:
+    """400 steps (about 8 s): for the claims that need a model that has learned."""
+    return _train(TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Forecaster:
+    """8 steps, calibrated (under a second): for shapes, packaging and round trips, which
+    hold for any weights."""
+    return _train(replace(TINY, max_steps=8, eval_every=4))
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -178,9 +191,9 @@ def test_network_config_is_checked_and_round_trips() -> None:
         NetworkConfig(horizons=(60, 15))
 
 
-def test_predictions_are_sorted_and_non_negative(trained: Forecaster) -> None:
+def test_predictions_are_sorted_and_non_negative(tiny: Forecaster) -> None:
     w = cut_windows(SeriesData("noisy", START, noisy(), N), np.arange(END, N - 121), HORIZONS)
-    fc = trained.predict_windows(w)
+    fc = tiny.predict_windows(w)
     assert fc.shape == (len(w), len(HORIZONS), len(QUANTILES))
     assert (np.diff(fc, axis=-1) >= 0).all()
     assert (fc >= 0).all()
@@ -189,6 +202,7 @@ def test_predictions_are_sorted_and_non_negative(trained: Forecaster) -> None:
 # ------------------------------------------------------------------------------ learning
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_a_pure_sinusoid(trained: Forecaster) -> None:
     x = sinusoid()
     pos = np.arange(END, N - 121, 7)
@@ -203,6 +217,7 @@ def test_tiny_model_learns_a_pure_sinusoid(trained: Forecaster) -> None:
     assert mae[-1] < 0.25 * persistence[-1]
 
 
+@pytest.mark.slow
 def test_calibration_brings_coverage_to_nominal_on_a_later_range(trained: Forecaster) -> None:
     """Noisier data than trained on: raw intervals under-cover; conformal offsets from a
     held-back range fix the coverage of a later range."""
@@ -241,6 +256,7 @@ def test_calibration_reaches_nominal_coverage_on_sparse_counts() -> None:
 # ------------------------------------------------------------------------------ anomaly
 
 
+@pytest.mark.slow
 def test_anomaly_score_flags_an_injected_spike(trained: Forecaster) -> None:
     x = sinusoid()
     spike_at = N - 300
@@ -271,12 +287,12 @@ def test_anomaly_score_definition() -> None:
 # ------------------------------------------------------------------------------ package
 
 
-def test_saved_forecaster_predicts_the_same(trained: Forecaster, tmp_path: Path) -> None:
-    folder = package.save(trained, tmp_path / "fc")
+def test_saved_forecaster_predicts_the_same(tiny: Forecaster, tmp_path: Path) -> None:
+    folder = package.save(tiny, tmp_path / "fc")
     loaded = package.load(folder)
     frame = package.example_frame(3)
     pd.testing.assert_frame_equal(
-        package.predict_frame(trained, frame), package.predict_frame(loaded, frame)
+        package.predict_frame(tiny, frame), package.predict_frame(loaded, frame)
     )
     out = package.predict_frame(loaded, frame)
     assert {"service_id", "ts", "h15_q90", "h120_q05", "anomaly_score"} <= set(out.columns)
@@ -285,15 +301,15 @@ def test_saved_forecaster_predicts_the_same(trained: Forecaster, tmp_path: Path)
 
 
 def test_an_ensemble_averages_its_members_and_round_trips(
-    trained: Forecaster, tmp_path: Path
+    tiny: Forecaster, tmp_path: Path
 ) -> None:
     torch.manual_seed(3)
-    other = HybridForecaster(trained.net.config)
-    pair = Forecaster([trained.net, other], trained.calibration)
+    other = HybridForecaster(tiny.net.config)
+    pair = Forecaster([tiny.net, other], tiny.calibration)
     frame = package.example_frame(2)
     w = cut_windows(SeriesData("sine", START, sinusoid(), N), np.arange(END, END + 50), HORIZONS)
     inputs = w.inputs(np.arange(len(w)), HORIZONS)
-    expected = (trained.raw(inputs) + Forecaster(other, None).raw(inputs)) / 2
+    expected = (tiny.raw(inputs) + Forecaster(other, None).raw(inputs)) / 2
     np.testing.assert_allclose(pair.raw(inputs), expected, rtol=1e-6)
     loaded = package.load(package.save(pair, tmp_path / "pair"))
     assert len(loaded.nets) == 2
@@ -302,7 +318,7 @@ def test_an_ensemble_averages_its_members_and_round_trips(
     )
     with pytest.raises(ValueError, match="share horizons"):
         short = HybridForecaster(NetworkConfig(hidden=16, heads=2, horizons=(5, 15)))
-        Forecaster([trained.net, short], None)
+        Forecaster([tiny.net, short], None)
 
 
 @pytest.mark.parametrize(
@@ -315,17 +331,17 @@ def test_an_ensemble_averages_its_members_and_round_trips(
     ],
 )
 def test_table_interface_rejects_bad_input(
-    trained: Forecaster, change: object, message: str
+    tiny: Forecaster, change: object, message: str
 ) -> None:
     frame = change(package.example_frame(2))  # type: ignore[operator]
     with pytest.raises(ValueError, match=message):
-        package.predict_frame(trained, frame)
+        package.predict_frame(tiny, frame)
 
 
-def test_per_service_calibration_falls_back_to_pooled(trained: Forecaster) -> None:
+def test_per_service_calibration_falls_back_to_pooled(tiny: Forecaster) -> None:
     frame = package.example_frame(1)
-    known = package.predict_frame(trained, frame.assign(service_id="sine"))
-    unknown = package.predict_frame(trained, frame.assign(service_id="never-seen"))
+    known = package.predict_frame(tiny, frame.assign(service_id="sine"))
+    unknown = package.predict_frame(tiny, frame.assign(service_id="never-seen"))
     assert not np.allclose(known["h60_q90"], unknown["h60_q90"])
 
 
@@ -365,7 +381,7 @@ def test_training_set_rows_become_dense_series() -> None:
 
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 def test_registered_forecaster_round_trips_and_the_gate_judges_it(
-    trained: Forecaster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Forecaster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pyfunc through the registry on SQLite predicts the same; the gate refuses a worse
     challenger and promotes a better one, on the evaluation's own scores."""
@@ -382,7 +398,7 @@ def test_registered_forecaster_round_trips_and_the_gate_judges_it(
     prepared = protocol.PreparedSeries(
         "sine", START, sinusoid(), END, protocol.hourly_origins(START, N, END, 120, 10), False
     )
-    hybrid = evaluate.hybrid_forecasts(trained, [prepared])
+    hybrid = evaluate.hybrid_forecasts(tiny, [prepared])
     ev = evaluate.evaluate(
         [prepared], {"hybrid": hybrid, **evaluate.baseline_forecasts([prepared])}
     )
@@ -391,7 +407,7 @@ def test_registered_forecaster_round_trips_and_the_gate_judges_it(
     def register() -> str:
         version = publish.register(
             cfg,
-            trained,
+            tiny,
             train_config=TINY,
             report=report,
             evaluation=ev,
@@ -403,14 +419,14 @@ def test_registered_forecaster_round_trips_and_the_gate_judges_it(
     first = register()
     model = registry.load(cfg, f"models:/{publish.MODEL_NAME}@{registry.CHALLENGER}")
     frame = package.example_frame(3)
-    pd.testing.assert_frame_equal(model.predict(frame), package.predict_frame(trained, frame))
+    pd.testing.assert_frame_equal(model.predict(frame), package.predict_frame(tiny, frame))
     # The optional columns reach the model (a holiday and a tier-1 service change it).
-    full = package.example_frame(3, horizons=trained.horizons)
-    full["is_holiday_ahead"] = [[1.0] * len(trained.horizons)] * 3
+    full = package.example_frame(3, horizons=tiny.horizons)
+    full["is_holiday_ahead"] = [[1.0] * len(tiny.horizons)] * 3
     full["criticality"] = 1.0
     through = model.predict(full)
-    pd.testing.assert_frame_equal(through, package.predict_frame(trained, full))
-    assert not np.allclose(through["h60_q50"], package.predict_frame(trained, frame)["h60_q50"])
+    pd.testing.assert_frame_equal(through, package.predict_frame(tiny, full))
+    assert not np.allclose(through["h60_q50"], package.predict_frame(tiny, frame)["h60_q50"])
     # Its requirements are written, not inferred: torch, which predicting needs, pinned.
     from importlib.metadata import version as installed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +32,35 @@ SMALL = PPOConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[LearnedPolicy, Path]:
-    folder = tmp_path_factory.mktemp("sb3")
+# One rollout of two 32-step lanes through a two-layer network: enough to extract, save,
+# package and register a policy, whose round trips hold for any weights.
+TINY = replace(
+    SMALL, total_timesteps=64, n_envs=2, n_steps=32, batch_size=64, n_epochs=1, net_arch=(16, 16)
+)
+
+
+def _train(config: PPOConfig, folder: Path) -> tuple[LearnedPolicy, Path]:
     policy, report = train_ppo(
         [daily_source("a", seed=1), daily_source("b", seed=2, peak=12000.0)],
-        SMALL,
+        config,
         randomization=Randomization(enabled=False),
         shield=ShieldConfig(),
         save_model_to=folder,
     )
-    assert report.timesteps >= SMALL.total_timesteps
+    assert report.timesteps >= config.total_timesteps
     assert report.history and "rollout/reward" in report.history[-1]
     return policy, folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[LearnedPolicy, Path]:
+    """40,000 steps (several seconds): for the claim that training learns something."""
+    return _train(SMALL, tmp_path_factory.mktemp("sb3"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[LearnedPolicy, Path]:
+    return _train(TINY, tmp_path_factory.mktemp("sb3-tiny"))
 
 
 def _episode_return(env: ScalingEnv, act: object, seed: int) -> float:
@@ -76,19 +93,18 @@ def test_short_ppo_run_beats_a_random_policy(trained: tuple[LearnedPolicy, Path]
     assert learned > random + 0.1 * abs(random)
 
 
-@pytest.mark.slow
-def test_extracted_policy_acts_like_stable_baselines(trained: tuple[LearnedPolicy, Path]) -> None:
+def test_extracted_policy_acts_like_stable_baselines(tiny: tuple[LearnedPolicy, Path]) -> None:
     from stable_baselines3 import PPO
 
-    policy, folder = trained
+    policy, folder = tiny
     model = PPO.load(folder / "sb3_ppo.zip", device="cpu")
     obs = np.random.default_rng(0).uniform(-3, 3, size=(200, N_FEATURES)).astype(np.float32)
     expected, _ = model.predict(obs, deterministic=True)
     np.testing.assert_array_equal(policy.act(obs), expected)
 
 
-def test_policy_save_load_round_trip(trained: tuple[LearnedPolicy, Path], tmp_path: Path) -> None:
-    policy, _ = trained
+def test_policy_save_load_round_trip(tiny: tuple[LearnedPolicy, Path], tmp_path: Path) -> None:
+    policy, _ = tiny
     loaded = LearnedPolicy.load(policy.save(tmp_path / "p"))
     obs = np.random.default_rng(1).normal(size=(50, N_FEATURES)).astype(np.float32)
     np.testing.assert_array_equal(loaded.act(obs), policy.act(obs))
@@ -118,6 +134,7 @@ def _run(
     return log, ctl
 
 
+@pytest.mark.slow
 def test_ppo_controller_runs_in_the_loop_behind_the_shield(
     trained: tuple[LearnedPolicy, Path],
 ) -> None:
@@ -137,9 +154,9 @@ def test_ppo_controller_runs_in_the_loop_behind_the_shield(
 
 
 def test_package_decides_like_the_controller(
-    trained: tuple[LearnedPolicy, Path], tmp_path: Path
+    tiny: tuple[LearnedPolicy, Path], tmp_path: Path
 ) -> None:
-    policy, _ = trained
+    policy, _ = tiny
     pkg = ControllerPackage.load(ControllerPackage(policy, H, Q).save(tmp_path / "c"))
     frame = example_frame(H, Q, n=4)
     out = decide_frame(pkg, frame)
@@ -166,7 +183,7 @@ def test_package_decides_like_the_controller(
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 @pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer column")
 def test_registered_controller_round_trips_and_the_gate_judges_it(
-    trained: tuple[LearnedPolicy, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[LearnedPolicy, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from models import registry
     from models.controller import publish
@@ -179,7 +196,7 @@ def test_registered_controller_round_trips_and_the_gate_judges_it(
         artifacts_dir=tmp_path / "artifacts",
         experiment="controller-test",
     )
-    policy, _ = trained
+    policy, _ = tiny
     version = publish.register(
         cfg,
         policy,
