@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import scaled_out
-from pipeline_state import PIPELINE_DAYS, PIPELINE_END
+from pipeline_state import PIPELINE_DAYS, PIPELINE_END, PIPELINE_MODULES
 from prefect_server import running_server
 
 from autoscaler.settings import Settings, build_settings
@@ -30,6 +31,31 @@ os.environ.update(
     }
 )
 os.environ.pop("PREFECT_API_URL", None)
+
+
+_HERE = Path(__file__).parent
+_PIPELINE_FIXTURES = {"pipeline_settings", "pipeline_run"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a module that uses the shared pipeline state without being listed as one.
+
+    Under pytest-xdist those modules run in one worker (tests/conftest.py), which is what
+    lets the state be ingested once; an unlisted module would get a second copy, or, if it
+    changed the state, make results depend on which worker ran what.
+    """
+    unlisted = {
+        Path(str(item.path)).stem
+        for item in items
+        if Path(str(item.path)).parent == _HERE
+        and _PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and Path(str(item.path)).stem not in PIPELINE_MODULES
+    }
+    if unlisted:
+        raise pytest.UsageError(
+            f"{sorted(unlisted)} use the shared pipeline state: add them to "
+            "PIPELINE_MODULES in tests/integration/pipeline_state.py"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
