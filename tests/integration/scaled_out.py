@@ -34,6 +34,9 @@ PREFECT_DATABASE_ENV = "AUTOSCALER_TEST_PREFECT_DATABASE"
 
 
 PREFECT_SUITE_DATABASE = "prefect_suite"
+# .ci/services starts Redis with this many databases; each xdist worker uses one block.
+REDIS_DATABASES = 1024
+REDIS_BLOCK = 128
 
 
 def prefect_database(name: str) -> str | None:
@@ -49,9 +52,19 @@ def prefect_suite_database() -> str | None:
     return _prefect_url(PREFECT_SUITE_DATABASE)
 
 
+def _worker() -> tuple[str, int]:
+    """This pytest-xdist worker's name and number (``gw1``, 1), or ("", 0) without xdist.
+
+    Workers run side by side against the same servers, so each has its own databases.
+    """
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return name, int(name.removeprefix("gw")) if name.startswith("gw") else 0
+
+
 def _prefect_url(name: str) -> str | None:
     base = os.environ.get(PREFECT_DATABASE_ENV)
-    return _with_database(base, name) if base else None
+    worker, _ = _worker()
+    return _with_database(base, f"{name}_{worker}" if worker else name) if base else None
 
 
 def _with_database(url: str, database: str) -> str:
@@ -102,8 +115,15 @@ class _Installations:
 
     def redis_db(self, feast_dir: Path) -> int:
         # Database 0 is the one the settings name; folders get 1, 2, ... (.ci/services
-        # starts Redis with 1,024 of them).
-        return self.redis.setdefault(feast_dir.resolve(), len(self.redis) + 1)
+        # starts Redis with 1,024 of them), each xdist worker from its own block of 128.
+        _, worker = _worker()
+        db = self.redis.setdefault(feast_dir.resolve(), 1 + REDIS_BLOCK * worker + len(self.redis))
+        if db >= REDIS_BLOCK * (worker + 1) or db >= REDIS_DATABASES:
+            raise RuntimeError(
+                f"redis database {db} is past this worker's block: more state folders "
+                f"than {REDIS_BLOCK - 1}, or more workers than {REDIS_DATABASES // REDIS_BLOCK}"
+            )
+        return db
 
     def drop_databases(self) -> None:
         from sqlalchemy import text
