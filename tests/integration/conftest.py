@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import scaled_out
 from pipeline_state import PIPELINE_DAYS, PIPELINE_END, PIPELINE_MODULES
-from prefect_server import running_server
+from prefect_server import drain_client_workers, running_server
 
 from autoscaler.settings import Settings, build_settings
 
@@ -87,6 +87,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         temporary_settings(updates={PREFECT_API_URL: url}),
     ):
         yield
+        drain_client_workers()
 
 
 @pytest.fixture(scope="session")

@@ -111,3 +111,30 @@ def running_server(tmp: Path, database_url: str | None = None) -> Iterator[tuple
         yield url, home
     finally:
         stop(process)
+
+
+def drain_client_workers() -> None:
+    """Send the logs and events this process still has queued for the server, and wait.
+
+    What ``prefect_test_harness`` does before it stops its server: without it, a server
+    stopped by the tests leaves Prefect's log handler retrying at exit ("Error logging to
+    API ... All connection attempts failed"), noise that hides real errors.
+    """
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started: nothing was logged to the API
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
