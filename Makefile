@@ -1,6 +1,8 @@
 # Set-up and everyday tasks. Every tool runs from .venv/bin; nothing needs activating.
 #   make demo    set up .venv, then run the demo
-#   make test    set up .venv, then ruff, mypy, bandit and pytest
+#   make check   the loop to run while working: ruff, mypy and the unit tests not marked slow
+#   make test    set up .venv, then ruff, mypy, bandit and every test (unit and integration,
+#                slow included) on the embedded defaults
 #   make test-scaled  the integration suite on Redis, PostgreSQL and a Prefect server on it
 #                (.ci/services installs what is missing and starts them; stopped after)
 #   make bench   control benchmark, JSON to .state/bench/control.json
@@ -18,8 +20,13 @@ PIP_TOOLS_VERSION := 7.6.2
 UPGRADE ?=
 # The project's own code, as bandit scans it (tests use assert and subprocess by design).
 PACKAGES := autoscaler simulator features models serving flows bench feature_repo
+# pytest-xdist: one worker per core, at most 4 (each imports torch, Feast and MLflow and may
+# start a Prefect server); PYTEST_WORKERS=0 runs in one process. How the work is split:
+# tests/conftest.py.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/pytest -q -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadscope
 
-.PHONY: venv test test-scaled demo bench lock clean
+.PHONY: venv check test test-scaled demo bench lock clean
 
 venv: $(STAMP)
 
@@ -31,11 +38,16 @@ $(STAMP): requirements.lock pyproject.toml $(wildcard */__init__.py)
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(PYTEST) -m "not slow" tests/unit
+
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/bandit -q --severity-level medium -r $(PACKAGES)
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 # The services' settings (AUTOSCALER_ONLINE_STORE=redis, ...) reach pytest through the
 # environment only, as they would reach a deployment. Their data is throwaway (a temp folder).
@@ -43,7 +55,7 @@ test-scaled: venv
 	@services=$$(mktemp -d) && trap '.ci/services stop "$$services"; rm -rf "$$services"' EXIT \
 		&& .ci/services start "$$services" \
 		&& set -a && . "$$services/env" && set +a \
-		&& $(BIN)/pytest -q tests/integration
+		&& $(PYTEST) tests/integration
 
 demo: venv
 	$(BIN)/autoscaler demo
