@@ -23,7 +23,7 @@ PACKAGES := autoscaler simulator features models serving flows bench feature_rep
 # pytest-xdist: one worker per core, at most 4 (each imports torch, Feast and MLflow and may
 # start a Prefect server); PYTEST_WORKERS=0 runs in one process. With integration tests,
 # `loadscope` keeps each module in one worker (tests/conftest.py); unit tests alone go out
-# in batches (`load`: 90 s for make check's tests on 2 cores, against 115 s one by one).
+# in batches (`load`: 94 s for make check's tests on 2 cores, against 115 s one by one).
 PYTEST_WORKERS ?= auto
 PYTEST := $(BIN)/pytest -q -n $(PYTEST_WORKERS) --maxprocesses 4
 

@@ -1,4 +1,4 @@
-"""How the suite spreads over pytest-xdist workers (`make check` and `make test` use `-n`).
+"""How the suite spreads over pytest-xdist workers (`make test`, `make test-scaled`).
 
 With ``--dist loadscope`` the work units are:
 
@@ -13,6 +13,7 @@ long work units, and the short ones then even out the end of the run.
 
 pytest-xdist's own ``loadgroup`` would express this with markers, but with pytest 9 it no
 longer sees them (it renames ``item._nodeid``, which pytest 9 no longer reads).
+`make check` runs unit tests only and uses xdist's own ``--dist load``.
 """
 
 from __future__ import annotations
