@@ -121,6 +121,7 @@ def register_untrained_forecaster(settings: Any, network: Any, members: int = 1)
     from models.forecaster.model import HybridForecaster
     from models.forecaster.publish import LOADER, MODEL_NAME, REQUIREMENTS
     from models.forecaster.train import Forecaster
+    from models.requirements import pinned_requirements
 
     torch.manual_seed(0)
     forecaster = Forecaster([HybridForecaster(network) for _ in range(members)], None)
@@ -142,7 +143,7 @@ def register_untrained_forecaster(settings: Any, network: Any, members: int = 1)
             metrics={},
             figures={},
             tags={"untrained": "true"},
-            pip_requirements=registry.pinned_requirements(REQUIREMENTS),
+            pip_requirements=pinned_requirements(REQUIREMENTS),
         ).version
     registry.set_alias(config, MODEL_NAME, registry.CHAMPION, version)
     return version

@@ -32,7 +32,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,46 +397,6 @@ def training_run(
 
 FOLDER_ARTIFACT = "folder"
 """Artifact name of the folder a :data:`FolderModel` loads."""
-
-FOLDER_MODEL_RUNTIME = (
-    "mlflow",
-    "cloudpickle",
-    "numpy",
-    "pandas",
-    "scipy",
-    "predictive-autoscaler",
-)
-"""What loading any :data:`FolderModel` of this project needs; a model adds its own (torch)."""
-
-
-def pinned_requirements(distributions: Sequence[str]) -> list[str]:
-    """The installed version of each distribution, as a model's pip requirements.
-
-    Written out rather than inferred by MLflow: inference loads the model in a subprocess
-    (about 2 s of every registration) and only sees what loading imports, so it left out
-    torch, which the forecaster needs to predict. A distribution that is not installed
-    (the project run from a bare checkout) is listed without a version.
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for name in distributions:
-        try:
-            out.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            out.append(name)
-    return out
-
-
-def model_requirements(config: RegistryConfig, model_uri: str) -> list[str]:
-    """The pip requirements a logged model was saved with (its ``requirements.txt``)."""
-    from mlflow.pyfunc import get_model_dependencies
-
-    with _registry_uris(config.tracking_uri):
-        path = get_model_dependencies(model_uri)
-    return Path(path).read_text().split()
-
-
 _LOADER = re.compile(r"^models(\.\w+)+:\w+$")
 
 

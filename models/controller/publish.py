@@ -30,13 +30,14 @@ from models.controller.package import OPTIONAL_COLUMNS, ControllerPackage, examp
 from models.controller.ppo import LearnedPolicy, PPOConfig, PPOController, PPOReport
 from models.controller.rollout import ForecastArrays, initial_jobs, run_controller
 from models.controller.rules import PredictiveController
+from models.requirements import MODEL_RUNTIME, pinned_requirements
 from simulator.config import ClusterParams
 
 MODEL_NAME = "scaling-controller"
 LOADER = "models.controller.package:load_predictor"
 GATE_METRIC = "validation_cost_vs_rule"
 RULE = "predictive"
-REQUIREMENTS = registry.FOLDER_MODEL_RUNTIME
+REQUIREMENTS = MODEL_RUNTIME
 """What the registered controller needs to load and predict: its policy is NumPy, no torch."""
 
 
@@ -234,5 +235,5 @@ def register(
             figures={},
             tags={"stopped_by": report.stopped_by, "mode": policy.mode, **(tags or {})},
             run_id=run_id,
-            pip_requirements=registry.pinned_requirements(REQUIREMENTS),
+            pip_requirements=pinned_requirements(REQUIREMENTS),
         )

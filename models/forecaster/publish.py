@@ -27,11 +27,12 @@ import pandas as pd
 from models import registry
 from models.forecaster import evaluate, package, protocol
 from models.forecaster.train import Forecaster, SeriesData, TrainConfig, TrainReport
+from models.requirements import MODEL_RUNTIME, pinned_requirements
 
 MODEL_NAME = "event-forecaster"
 LOADER = "models.forecaster.package:load_predictor"
 GATE_METRIC = "wql"
-REQUIREMENTS = (*registry.FOLDER_MODEL_RUNTIME, "torch")
+REQUIREMENTS = (*MODEL_RUNTIME, "torch")
 """What the registered forecaster needs to load and predict (its networks are torch)."""
 MAX_PLOTS = 6
 
@@ -151,7 +152,7 @@ def register(
             figures=figures,
             tags={"device": report.device, **(tags or {})},
             run_name="train-forecaster",
-            pip_requirements=registry.pinned_requirements(REQUIREMENTS),
+            pip_requirements=pinned_requirements(REQUIREMENTS),
         )
 
 

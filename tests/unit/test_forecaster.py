@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from model_files import requirements_of
 
 from models.forecaster import package
 from models.forecaster.anomaly import anomaly_score, latest_scores, window_detection
@@ -430,7 +431,7 @@ def test_registered_forecaster_round_trips_and_the_gate_judges_it(
     # Its requirements are written, not inferred: torch, which predicting needs, pinned.
     from importlib.metadata import version as installed
 
-    needs = registry.model_requirements(cfg, f"models:/{publish.MODEL_NAME}/{first}")
+    needs = requirements_of(cfg, f"models:/{publish.MODEL_NAME}/{first}")
     assert f"torch=={installed('torch')}" in needs
     assert f"predictive-autoscaler=={installed('predictive-autoscaler')}" in needs
 

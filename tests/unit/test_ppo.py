@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from control_sources import H, Q, daily_source
+from model_files import requirements_of
 
 from models.controller.env import Randomization, RuleSettings, ScalingEnv
 from models.controller.package import ControllerPackage, decide_frame, example_frame
@@ -215,7 +216,7 @@ def test_registered_controller_round_trips_and_the_gate_judges_it(
     lean = frame.drop(columns=["rule_target", "rule_target_utilization", "rule_quantile_level"])
     assert len(model.predict(lean)) == len(frame)
 
-    needs = registry.model_requirements(cfg, version.model_uri)
+    needs = requirements_of(cfg, version.model_uri)
     assert {r.split("==")[0] for r in needs} == set(publish.REQUIREMENTS)
     loaded, _ = publish.load_policy(cfg, version.model_uri)
     obs = np.random.default_rng(2).normal(size=(20, N_FEATURES)).astype(np.float32)
