@@ -44,13 +44,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     lets the state be ingested once; an unlisted module would get a second copy, or, if it
     changed the state, make results depend on which worker ran what.
     """
-    unlisted = {
-        Path(str(item.path)).stem
+    users = {
+        Path(item.path)
         for item in items
-        if Path(str(item.path)).parent == _HERE
-        and _PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ()))
-        and Path(str(item.path)).stem not in PIPELINE_MODULES
+        if _PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ()))
     }
+    unlisted = {p.stem for p in users if p.parent == _HERE and p.stem not in PIPELINE_MODULES}
     if unlisted:
         raise pytest.UsageError(
             f"{sorted(unlisted)} use the shared pipeline state: add them to "
